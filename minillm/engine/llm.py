@@ -1,0 +1,160 @@
+"""LLM: a loaded checkpoint with its tokenizer, and the prefill -> decode -> sample loop.
+
+Prefill runs the naive MLA path over the whole prompt and fills the latent cache; each decode
+step runs the absorbed path for one token over the cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from minillm.config import ModelConfig
+from minillm.engine.kv_cache import LatentCache, new_caches
+from minillm.engine.sampler import Sampler, SamplingParams
+from minillm.errors import GenerationError, TokenizerError
+from minillm.io.safetensors import Checkpoint
+from minillm.io.tokenizer import Tokenizer
+from minillm.io.weights import load_weights
+from minillm.model.transformer import Transformer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prefill_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: str = ""  # "eos", "length" (max_new_tokens) or "context" (max_position_embeddings)
+
+    @property
+    def prefill_tokens_per_second(self) -> float:
+        return self.prompt_tokens / self.prefill_seconds if self.prefill_seconds else 0.0
+
+    @property
+    def decode_tokens_per_second(self) -> float:
+        # the first token comes out of prefill, so decode time covers the remaining ones
+        steps = max(self.generated_tokens - 1, 0)
+        return steps / self.decode_seconds if self.decode_seconds else 0.0
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "prefill_tokens_per_second": self.prefill_tokens_per_second,
+                "decode_tokens_per_second": self.decode_tokens_per_second}
+
+
+class LLM:
+    def __init__(self, config: ModelConfig, transformer: Transformer, tokenizer: Tokenizer | None, path: Path):
+        self.config = config
+        self.transformer = transformer
+        self._tokenizer = tokenizer
+        self.path = path
+        self.last_stats = GenerationStats()
+
+    @classmethod
+    def from_directory(cls, path: str | Path) -> LLM:
+        path = Path(path)
+        config = ModelConfig.from_file(path)
+        checkpoint = Checkpoint(path)
+        try:
+            weights = load_weights(config, checkpoint)
+        finally:
+            checkpoint.close()
+        tokenizer = None
+        if (path / "tokenizer.json").is_file():
+            tokenizer = Tokenizer.from_directory(path, config.bos_token_id, config.eos_token_ids)
+        log.info("loaded %s: %d layers, hidden %d, vocab %d", path, config.num_hidden_layers,
+                 config.hidden_size, config.vocab_size)
+        return cls(config, Transformer(config, weights), tokenizer, path)
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        if self._tokenizer is None:
+            raise TokenizerError(f"{self.path} has no tokenizer.json; pass token ids instead of text")
+        return self._tokenizer
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        return self._tokenizer.eos_ids if self._tokenizer is not None else self.config.eos_token_ids
+
+    def _check_ids(self, ids: Sequence[int]) -> np.ndarray:
+        array = np.asarray(ids, dtype=np.int64).reshape(-1)
+        if array.size == 0:
+            raise GenerationError("the prompt is empty: give at least one token")
+        bad = array[(array < 0) | (array >= self.config.vocab_size)]
+        if bad.size:
+            raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
+        if array.size > self.config.max_position_embeddings:
+            raise GenerationError(f"the prompt has {array.size} tokens, more than the model's "
+                                  f"max_position_embeddings ({self.config.max_position_embeddings})")
+        return array
+
+    def _prompt_ids(self, prompt: str | Sequence[int]) -> np.ndarray:
+        return self._check_ids(self.tokenizer.encode(prompt) if isinstance(prompt, str) else prompt)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Logits (T, V) float32 for a whole sequence, computed without a cache (naive MLA)."""
+        array = self._check_ids(ids)
+        hidden = self.transformer.hidden_states(array, np.arange(array.size))
+        return self.transformer.logits(hidden)
+
+    def new_caches(self, capacity: int = 256) -> list[LatentCache]:
+        return new_caches(self.config.num_hidden_layers, self.config.latent_dim, capacity)
+
+    def step(self, ids: np.ndarray, caches: list[LatentCache], absorbed: bool) -> np.ndarray:
+        """Run tokens ids (T,) after the cached ones; returns the last position's logits (V,)."""
+        start = caches[0].length
+        positions = np.arange(start, start + ids.size)
+        hidden = self.transformer.hidden_states(ids, positions, caches, absorbed)
+        return self.transformer.logits(hidden[-1:])[0]
+
+    def generate_ids(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
+                     stop_at_eos: bool = True) -> Iterator[int]:
+        """Yield new token ids one at a time. Statistics land in `last_stats` when it ends."""
+        if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
+            raise GenerationError(f"invalid max_new_tokens {max_new_tokens!r}: use 0 or a positive integer")
+        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        ids = self._prompt_ids(prompt)
+        limit = self.config.max_position_embeddings
+        stats = self.last_stats = GenerationStats(prompt_tokens=int(ids.size), finish_reason="length")
+        if max_new_tokens == 0:
+            return
+        caches = self.new_caches(capacity=min(ids.size + max_new_tokens, limit))
+
+        started = time.perf_counter()
+        logits = self.step(ids, caches, absorbed=False)
+        stats.prefill_seconds = time.perf_counter() - started
+
+        started = time.perf_counter()
+        while True:
+            token = sampler(logits)
+            stats.generated_tokens += 1
+            stats.decode_seconds = time.perf_counter() - started
+            yield token
+            if stop_at_eos and token in self.eos_ids:
+                stats.finish_reason = "eos"
+                return
+            if stats.generated_tokens >= max_new_tokens:
+                return
+            if caches[0].length >= limit:
+                stats.finish_reason = "context"
+                return
+            logits = self.step(np.array([token]), caches, absorbed=True)
+
+    def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
+        """Yield generated text piece by piece; no piece ends inside a UTF-8 character."""
+        stream = self.tokenizer.stream()
+        for token in self.generate_ids(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+            if token in self.eos_ids:
+                continue
+            piece = stream.push(token)
+            if piece:
+                yield piece

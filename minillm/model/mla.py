@@ -1,0 +1,117 @@
+"""Multi-head Latent Attention (DeepSeek-V2 paper, section 2.1), in two equal forms.
+
+Shape legend: T new tokens, S key positions (cached + new), H heads, D model width,
+C kv_lora_rank (latent), R qk_rope_head_dim, N qk_nope_head_dim, V v_head_dim.
+
+Per token the cache holds only [c ; k_rope] (C + R values): the RMS-normed latent and the
+rotated RoPE key shared by all heads.
+- naive: expand every cached latent to per-head keys and values with kv_b_proj, then attend.
+  Used for prefill, where T is large and the expansion is shared by many queries.
+- absorbed: fold W_UK into the query and W_UV into the output, so attention runs directly over
+  the latent cache as one 576-wide key head in DeepSeek-V3. Used for decode (T = 1).
+Both compute the same function; tests/test_mla.py proves it on random inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from minillm.config import ModelConfig
+from minillm.model.norm import rms_norm
+from minillm.model.rope import Rotary
+
+
+@dataclass
+class AttentionWeights:
+    """One layer's MLA projections, float32, PyTorch (out, in) layout."""
+
+    kv_a: np.ndarray  # (C + R, D)  kv_a_proj_with_mqa
+    kv_a_norm: np.ndarray  # (C,)
+    kv_b: np.ndarray  # (H * (N + V), C)
+    o: np.ndarray  # (D, H * V)
+    q_a: np.ndarray | None = None  # (Q, D), with q_lora_rank Q
+    q_a_norm: np.ndarray | None = None  # (Q,)
+    q_b: np.ndarray | None = None  # (H * (N + R), Q)
+    q: np.ndarray | None = None  # (H * (N + R), D), only when q_lora_rank is null
+
+    def split_kv_b(self, heads: int, nope: int, v_dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """W_UK (H, N, C) and W_UV (H, V, C): each head's block of kv_b_proj rows is [W_UK; W_UV]."""
+        per_head = self.kv_b.reshape(heads, nope + v_dim, -1)
+        return per_head[:, :nope, :], per_head[:, nope:, :]
+
+
+class MLA:
+    """Attention for one layer. `forward` appends the new tokens' latents to `cache` (when given)
+    and attends over all cached positions."""
+
+    def __init__(self, config: ModelConfig, weights: AttentionWeights, rotary: Rotary):
+        self.config = config
+        self.w = weights
+        self.rotary = rotary
+        self.heads = config.num_attention_heads
+        self.scale = config.softmax_scale
+        self.w_uk, self.w_uv = weights.split_kv_b(self.heads, config.qk_nope_head_dim, config.v_head_dim)
+
+    def project(self, x: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """x (T, D) -> q_nope (T, H, N), rotated q_rope (T, H, R), cache entries (T, C + R)."""
+        cfg, w = self.config, self.w
+        if w.q is not None:
+            q = x @ w.q.T
+        else:
+            q = rms_norm(x @ w.q_a.T, w.q_a_norm, cfg.rms_norm_eps) @ w.q_b.T
+        q = q.reshape(x.shape[0], self.heads, cfg.qk_head_dim)  # (T, H, N + R)
+        q_nope = q[..., : cfg.qk_nope_head_dim]
+        q_rope = self.rotary.apply(q[..., cfg.qk_nope_head_dim :], positions)
+
+        kv = x @ w.kv_a.T  # (T, C + R)
+        latent = rms_norm(kv[:, : cfg.kv_lora_rank], w.kv_a_norm, cfg.rms_norm_eps)
+        k_rope = self.rotary.apply(kv[:, cfg.kv_lora_rank :], positions)
+        return q_nope, q_rope, np.concatenate([latent, k_rope], axis=-1)
+
+    def attend_naive(self, q_nope, q_rope, entries, positions) -> np.ndarray:
+        """Expand the latents to per-head K and V. entries (S, C + R) -> output (T, H * V)."""
+        C = self.config.kv_lora_rank
+        latent, k_rope = entries[:, :C], entries[:, C:]
+        k_nope = np.einsum("sc,hnc->hsn", latent, self.w_uk)  # (H, S, N)
+        values = np.einsum("sc,hvc->hsv", latent, self.w_uv)  # (H, S, V)
+        scores = np.einsum("thn,hsn->hts", q_nope, k_nope)  # (H, T, S)
+        scores += np.einsum("thr,sr->hts", q_rope, k_rope)
+        probs = self._softmax(scores, positions, entries.shape[0])
+        out = np.einsum("hts,hsv->thv", probs, values)  # (T, H, V)
+        return out.reshape(out.shape[0], -1) @ self.w.o.T
+
+    def attend_absorbed(self, q_nope, q_rope, entries, positions) -> np.ndarray:
+        """Attend over the latents directly. entries (S, C + R) -> output (T, H * V)."""
+        C = self.config.kv_lora_rank
+        latent, k_rope = entries[:, :C], entries[:, C:]
+        q_latent = np.einsum("thn,hnc->thc", q_nope, self.w_uk)  # (T, H, C): W_UK absorbed
+        scores = np.einsum("thc,sc->hts", q_latent, latent)  # (H, T, S)
+        scores += np.einsum("thr,sr->hts", q_rope, k_rope)
+        probs = self._softmax(scores, positions, entries.shape[0])
+        mixed = np.einsum("hts,sc->thc", probs, latent)  # (T, H, C)
+        out = np.einsum("thc,hvc->thv", mixed, self.w_uv)  # (T, H, V): W_UV absorbed
+        return out.reshape(out.shape[0], -1) @ self.w.o.T
+
+    def _softmax(self, scores: np.ndarray, positions: np.ndarray, num_keys: int) -> np.ndarray:
+        """Scaled, causally masked softmax over keys: query at position p sees keys 0..p."""
+        scores *= self.scale
+        future = np.arange(num_keys)[None, :] > positions[:, None]  # (T, S)
+        scores[:, future] = -np.inf
+        scores -= scores.max(axis=-1, keepdims=True)  # max-subtraction keeps exp finite
+        np.exp(scores, out=scores)
+        scores /= scores.sum(axis=-1, keepdims=True)
+        return scores
+
+    def forward(self, x: np.ndarray, positions: np.ndarray, cache=None, absorbed: bool = False) -> np.ndarray:
+        """x (T, D) at `positions` (T,) -> (T, D).
+
+        Without a cache the T tokens attend to each other only (positions must then start at 0).
+        With a cache (an object with `append(entries)` returning all entries so far), the new
+        entries are stored first and the queries attend over every cached position.
+        """
+        q_nope, q_rope, entries = self.project(x, positions)
+        keys = entries if cache is None else cache.append(entries)
+        attend = self.attend_absorbed if absorbed else self.attend_naive
+        return attend(q_nope, q_rope, keys, positions)

@@ -1,0 +1,101 @@
+"""The DeepSeek decoder stack: embedding, N x (RMSNorm -> MLA -> RMSNorm -> FFN), final norm, head.
+
+Layers before first_k_dense_replace use a dense SwiGLU FFN, the rest DeepSeekMoE. All compute is
+float32; the caller owns the latent KV cache and passes one cache object per layer.
+Shape legend: T tokens, D model width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from minillm.config import ModelConfig
+from minillm.model.mla import MLA, AttentionWeights
+from minillm.model.moe import MoEWeights, moe_forward
+from minillm.model.norm import rms_norm, swiglu
+from minillm.model.rope import Rotary
+
+
+@dataclass
+class DenseWeights:
+    gate: np.ndarray  # (F, D)
+    up: np.ndarray  # (F, D)
+    down: np.ndarray  # (D, F)
+
+
+@dataclass
+class LayerWeights:
+    input_norm: np.ndarray  # (D,)
+    attention: AttentionWeights
+    post_attention_norm: np.ndarray  # (D,)
+    ffn: DenseWeights | MoEWeights
+
+
+@dataclass
+class MTPWeights:
+    """One multi-token-prediction module, stored as layer num_hidden_layers + k."""
+
+    embed_norm: np.ndarray  # (D,) enorm
+    hidden_norm: np.ndarray  # (D,) hnorm
+    eh_proj: np.ndarray  # (D, 2D): columns 0..D-1 take the embedding, D..2D-1 the hidden state
+    block: LayerWeights
+    head_norm: np.ndarray  # (D,) shared_head.norm
+    embed: np.ndarray | None = None  # (V, D); None shares the main embedding
+    head: np.ndarray | None = None  # (V, D); None shares the main LM head
+
+
+@dataclass
+class ModelWeights:
+    embed: np.ndarray  # (V, D)
+    layers: list[LayerWeights]
+    norm: np.ndarray  # (D,)
+    lm_head: np.ndarray  # (V, D), the embedding itself when tie_word_embeddings is true
+    mtp: list[MTPWeights] = field(default_factory=list)
+
+
+@dataclass
+class LayerOutput:
+    """What one layer did, for statistics and tracing (routing is None on dense layers)."""
+
+    expert_indices: np.ndarray | None = None  # (T, K)
+    expert_weights: np.ndarray | None = None  # (T, K)
+
+
+class Transformer:
+    def __init__(self, config: ModelConfig, weights: ModelWeights):
+        self.config = config
+        self.weights = weights
+        self.rotary = Rotary(config.rope, config.qk_rope_head_dim)
+        self.attention = [MLA(config, layer.attention, self.rotary) for layer in weights.layers]
+
+    def block(self, index: int, layer: LayerWeights, attention: MLA, h: np.ndarray, positions: np.ndarray,
+              cache=None, absorbed: bool = False) -> tuple[np.ndarray, LayerOutput]:
+        """One decoder layer on h (T, D), pre-norm residual form."""
+        eps = self.config.rms_norm_eps
+        h = h + attention.forward(rms_norm(h, layer.input_norm, eps), positions, cache, absorbed)
+        x = rms_norm(h, layer.post_attention_norm, eps)
+        if isinstance(layer.ffn, MoEWeights):
+            out, indices, weights = moe_forward(self.config, layer.ffn, x)
+            return h + out, LayerOutput(indices, weights)
+        return h + swiglu(x, layer.ffn.gate, layer.ffn.up, layer.ffn.down), LayerOutput()
+
+    def hidden_states(self, ids: np.ndarray, positions: np.ndarray, caches=None, absorbed: bool = False,
+                      observe=None) -> np.ndarray:
+        """Final-normed hidden states (T, D) for token ids (T,) at positions (T,).
+
+        `caches` is None (no cache: the ids are the whole sequence) or one cache per layer.
+        `observe(layer_index, LayerOutput)` is called after each layer when given.
+        """
+        h = self.weights.embed[ids]  # (T, D)
+        for i, layer in enumerate(self.weights.layers):
+            cache = None if caches is None else caches[i]
+            h, output = self.block(i, layer, self.attention[i], h, positions, cache, absorbed)
+            if observe is not None:
+                observe(i, output)
+        return rms_norm(h, self.weights.norm, self.config.rms_norm_eps)
+
+    def logits(self, hidden: np.ndarray) -> np.ndarray:
+        """(T, D) final hidden states -> (T, V) float32 logits."""
+        return hidden @ self.weights.lm_head.T
