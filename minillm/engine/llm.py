@@ -76,7 +76,7 @@ class LLM:
     @property
     def tokenizer(self) -> Tokenizer:
         if self._tokenizer is None:
-            raise TokenizerError(f"{self.path} has no tokenizer.json; pass token ids instead of text")
+            raise TokenizerError(f"{self.path} has no tokenizer.json: copy the model's tokenizer files there, or pass token ids")
         return self._tokenizer
 
     @property

@@ -1,0 +1,108 @@
+"""The `minillm` command line: argument parsing only; the work happens in the public API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import minillm
+from minillm.engine.perplexity import perplexity
+from minillm.errors import MiniLLMError
+
+log = logging.getLogger("minillm.cli")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: must be 0 or more")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="minillm", description="A miniature DeepSeek-style inference engine.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details to stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    gen = commands.add_parser("generate", help="stream a continuation of a prompt to stdout")
+    gen.add_argument("--model", type=Path, default=None,
+                     help="checkpoint directory in Hugging Face layout (default: the model in weights/)")
+    gen.add_argument("--prompt", required=True, help="text to continue")
+    gen.add_argument("-n", "--max-new-tokens", type=_positive_int, default=200, help="tokens to generate (default 200)")
+    gen.add_argument("--temperature", type=_float, default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
+    gen.add_argument("--top-k", type=_positive_int, default=40, help="sample from the K most likely tokens; 0 disables (default 40)")
+    gen.add_argument("--top-p", type=_float, default=0.95, help="nucleus sampling mass in (0, 1]; 1 disables (default 0.95)")
+    gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    gen.add_argument("--stats", action="store_true",
+                     help="print timing and token counts as one JSON object on the last line of stderr")
+
+    ppl = commands.add_parser("perplexity", help="mean loss and perplexity of the model on text files")
+    ppl.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the model in weights/)")
+    ppl.add_argument("--context", type=_positive_int, default=None,
+                     help="tokens per scored window (default: the model's trained context length)")
+    ppl.add_argument("--json", action="store_true", help="print the result as JSON")
+    ppl.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+    return parser
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    model = minillm.load(args.model)
+    for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+    if args.stats:
+        print(json.dumps(model.last_stats.to_dict()), file=sys.stderr)
+    return 0
+
+
+def cmd_perplexity(args: argparse.Namespace) -> int:
+    model = minillm.load(args.model)
+    texts = []
+    for path in args.files:
+        try:
+            texts.append(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise MiniLLMError(f"cannot read text file {path}: {exc}") from None
+    result = perplexity(model, texts, context=args.context)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(f"tokens scored: {result.tokens}\nmean loss:     {result.mean_loss:.4f} nats/token\n"
+              f"perplexity:    {result.perplexity:.3f}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity}
+    try:
+        return handlers[args.command](args)
+    except MiniLLMError as exc:
+        print(f"minillm: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `minillm generate ... | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""Perplexity of a model on text: mean next-token cross-entropy over fixed windows.
+
+Each text is tokenized whole (with BOS when the tokenizer adds one), cut into consecutive
+non-overlapping windows of `context` tokens, and every window is scored on its own, predicting
+tokens 1..n-1 from the ones before. Windows of a single token score nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from minillm.errors import GenerationError
+
+
+@dataclass
+class PerplexityResult:
+    tokens: int
+    total_loss: float
+
+    @property
+    def mean_loss(self) -> float:
+        return self.total_loss / self.tokens if self.tokens else float("nan")
+
+    @property
+    def perplexity(self) -> float:
+        return math.exp(self.mean_loss) if self.tokens else float("nan")
+
+    def to_dict(self) -> dict:
+        return {"tokens": self.tokens, "mean_loss": self.mean_loss, "perplexity": self.perplexity}
+
+
+def default_context(config) -> int:
+    """The trained context length for YaRN models, else max_position_embeddings capped at 1024."""
+    if config.rope.rope_type == "yarn" and config.rope.original_max_position_embeddings:
+        return config.rope.original_max_position_embeddings
+    return min(config.max_position_embeddings, 1024)
+
+
+def window_loss(logits: np.ndarray, targets: np.ndarray) -> float:
+    """Summed cross-entropy of targets (T,) under logits (T, V), in float64 for the log-sum-exp."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    log_norm = np.log(np.exp(shifted).sum(axis=-1))
+    return float(np.sum(log_norm - shifted[np.arange(targets.size), targets]))
+
+
+def perplexity(model, texts: list[str], context: int | None = None) -> PerplexityResult:
+    context = context or default_context(model.config)
+    if context < 2 or context > model.config.max_position_embeddings:
+        raise GenerationError(f"invalid context {context}: use 2..{model.config.max_position_embeddings} tokens")
+    result = PerplexityResult(0, 0.0)
+    for text in texts:
+        ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)
+        for start in range(0, ids.size, context):
+            window = ids[start : start + context]
+            if window.size < 2:
+                continue
+            logits = model.logits(window)
+            result.total_loss += window_loss(logits[:-1], window[1:])
+            result.tokens += window.size - 1
+    if result.tokens == 0:
+        raise GenerationError("the text files hold fewer than two tokens: nothing to score")
+    return result
