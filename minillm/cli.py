@@ -46,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=_positive_int, default=40, help="sample from the K most likely tokens; 0 disables (default 40)")
     gen.add_argument("--top-p", type=_float, default=0.95, help="nucleus sampling mass in (0, 1]; 1 disables (default 0.95)")
     gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
+    gen.add_argument("--speculative", choices=("auto", "mtp", "none"), default="auto",
+                     help="draft tokens with the checkpoint's MTP module and verify them in one pass "
+                          "(default auto: mtp when the checkpoint has MTP weights)")
+    gen.add_argument("--draft-tokens", type=_positive_int, default=1,
+                     help="MTP draft tokens per verification step (default 1)")
     gen.add_argument("--stats", action="store_true",
                      help="print timing and token counts as one JSON object on the last line of stderr")
 
@@ -61,7 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
 def cmd_generate(args: argparse.Namespace) -> int:
     model = minillm.load(args.model)
     for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed):
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                speculative=args.speculative, draft_tokens=args.draft_tokens):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

@@ -52,7 +52,7 @@ TINY_V3 = {
 def random_tensors(config: dict, seed: int = 0) -> dict[str, np.ndarray]:
     """Random weights of the right shapes: norms near 1, matrices small, biases that matter."""
     cfg = ModelConfig.from_dict(config)
-    shapes, _ = expected_shapes(cfg, set())
+    shapes, _ = expected_shapes(cfg, set(), mtp_modules=cfg.num_nextn_predict_layers)
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in sorted(shapes.items()):

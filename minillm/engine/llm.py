@@ -17,10 +17,12 @@ import numpy as np
 from minillm.config import ModelConfig
 from minillm.engine.kv_cache import LatentCache, new_caches
 from minillm.engine.sampler import Sampler, SamplingParams
+from minillm.engine.speculative import SpeculativeDecoder
 from minillm.errors import GenerationError, TokenizerError
 from minillm.io.safetensors import Checkpoint
 from minillm.io.tokenizer import Tokenizer
 from minillm.io.weights import load_weights
+from minillm.model.mtp import MTP
 from minillm.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -33,6 +35,19 @@ class GenerationStats:
     prefill_seconds: float = 0.0
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "eos", "length" (max_new_tokens) or "context" (max_position_embeddings)
+    speculative: str = "none"  # "mtp" or "none"
+    draft_tokens: int = 0  # MTP drafts proposed
+    accepted_tokens: int = 0  # MTP drafts the target model agreed with
+    verify_forwards: int = 0  # main-model forward passes after prefill
+
+    @property
+    def acceptance_rate(self) -> float:
+        return self.accepted_tokens / self.draft_tokens if self.draft_tokens else 0.0
+
+    @property
+    def tokens_per_forward(self) -> float:
+        """Tokens produced per main-model forward pass after prefill (1.0 without drafts)."""
+        return (self.generated_tokens - 1) / self.verify_forwards if self.verify_forwards else 0.0
 
     @property
     def prefill_tokens_per_second(self) -> float:
@@ -46,7 +61,9 @@ class GenerationStats:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "prefill_tokens_per_second": self.prefill_tokens_per_second,
-                "decode_tokens_per_second": self.decode_tokens_per_second}
+                "decode_tokens_per_second": self.decode_tokens_per_second,
+                "time_to_first_token_seconds": self.prefill_seconds,
+                "acceptance_rate": self.acceptance_rate, "tokens_per_forward": self.tokens_per_forward}
 
 
 class LLM:
@@ -56,6 +73,8 @@ class LLM:
         self._tokenizer = tokenizer
         self.path = path
         self.last_stats = GenerationStats()
+        mtp = transformer.weights.mtp
+        self.mtp = MTP(config, mtp[0], transformer) if mtp else None
 
     @classmethod
     def from_directory(cls, path: str | Path) -> LLM:
@@ -114,45 +133,76 @@ class LLM:
         hidden = self.transformer.hidden_states(ids, positions, caches, absorbed)
         return self.transformer.logits(hidden[-1:])[0]
 
+    def resolve_speculative(self, speculative: str) -> str:
+        """"auto" becomes "mtp" when the checkpoint stores an MTP module, else "none"."""
+        if speculative not in ("auto", "mtp", "none"):
+            raise GenerationError(f"invalid speculative mode {speculative!r}: use 'auto', 'mtp' or 'none'")
+        if speculative == "auto":
+            return "mtp" if self.mtp is not None else "none"
+        if speculative == "mtp" and self.mtp is None:
+            raise GenerationError(f"{self.path} stores no MTP module: use speculative 'none'")
+        return speculative
+
+    def _plain_tokens(self, ids: np.ndarray, caches: list[LatentCache], limit: int, sampler: Sampler,
+                      stats: GenerationStats) -> Iterator[int]:
+        token = sampler(self.step(ids, caches, absorbed=False))
+        yield token
+        while caches[0].length < limit:
+            token = sampler(self.step(np.array([token]), caches, absorbed=True))
+            stats.verify_forwards += 1
+            yield token
+
     def generate_ids(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
-                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None,
-                     stop_at_eos: bool = True) -> Iterator[int]:
-        """Yield new token ids one at a time. Statistics land in `last_stats` when it ends."""
+                     top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
+                     speculative: str = "auto", draft_tokens: int = 1) -> Iterator[int]:
+        """Yield new token ids one at a time. Statistics land in `last_stats` as it runs.
+
+        speculative: "mtp" drafts `draft_tokens` tokens per step with the checkpoint's MTP module
+        and verifies them in one forward pass; "none" decodes one token per forward; "auto" picks
+        "mtp" when the checkpoint has MTP weights. Both give the same greedy output.
+        """
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
             raise GenerationError(f"invalid max_new_tokens {max_new_tokens!r}: use 0 or a positive integer")
+        if not (isinstance(draft_tokens, int) and draft_tokens >= 1):
+            raise GenerationError(f"invalid draft_tokens {draft_tokens!r}: use a positive integer")
+        mode = self.resolve_speculative(speculative)
         sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
         ids = self._prompt_ids(prompt)
         limit = self.config.max_position_embeddings
-        stats = self.last_stats = GenerationStats(prompt_tokens=int(ids.size), finish_reason="length")
+        stats = self.last_stats = GenerationStats(prompt_tokens=int(ids.size), finish_reason="context",
+                                                  speculative=mode)
         if max_new_tokens == 0:
+            stats.finish_reason = "length"
             return
-        caches = self.new_caches(capacity=min(ids.size + max_new_tokens, limit))
+        caches = self.new_caches(capacity=min(ids.size + max_new_tokens + draft_tokens + 1, limit))
+        if mode == "mtp":
+            tokens = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats).run(ids, caches, limit)
+        else:
+            tokens = self._plain_tokens(ids, caches, limit, sampler, stats)
 
         started = time.perf_counter()
-        logits = self.step(ids, caches, absorbed=False)
-        stats.prefill_seconds = time.perf_counter() - started
-
-        started = time.perf_counter()
-        while True:
-            token = sampler(logits)
+        for token in tokens:
+            now = time.perf_counter()
+            if stats.generated_tokens == 0:
+                stats.prefill_seconds, decode_started = now - started, now
             stats.generated_tokens += 1
-            stats.decode_seconds = time.perf_counter() - started
+            stats.decode_seconds = now - decode_started
             yield token
             if stop_at_eos and token in self.eos_ids:
                 stats.finish_reason = "eos"
                 return
             if stats.generated_tokens >= max_new_tokens:
+                stats.finish_reason = "length"
                 return
-            if caches[0].length >= limit:
-                stats.finish_reason = "context"
-                return
-            logits = self.step(np.array([token]), caches, absorbed=True)
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
-                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None) -> Iterator[str]:
-        """Yield generated text piece by piece; no piece ends inside a UTF-8 character."""
+                 top_k: int = 0, top_p: float = 1.0, seed: int | None = None, speculative: str = "auto",
+                 draft_tokens: int = 1) -> Iterator[str]:
+        """Yield generated text piece by piece; no piece ends inside a UTF-8 character.
+        Arguments as for `generate_ids`."""
         stream = self.tokenizer.stream()
-        for token in self.generate_ids(prompt, max_new_tokens, temperature, top_k, top_p, seed):
+        for token in self.generate_ids(prompt, max_new_tokens, temperature, top_k, top_p, seed,
+                                       speculative=speculative, draft_tokens=draft_tokens):
             if token in self.eos_ids:
                 continue
             piece = stream.push(token)

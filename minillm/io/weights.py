@@ -82,15 +82,21 @@ def stored_mtp_modules(cfg: ModelConfig, names: set[str]) -> int:
     return count
 
 
-def expected_shapes(cfg: ModelConfig, names: set[str]) -> tuple[dict[str, tuple[int, ...]], set[str]]:
-    """Required tensor shapes for this config, and the optional names (may be absent)."""
+def expected_shapes(cfg: ModelConfig, names: set[str], mtp_modules: int | None = None
+                    ) -> tuple[dict[str, tuple[int, ...]], set[str]]:
+    """Required tensor shapes for this config, and the optional names (may be absent).
+
+    `names` are the checkpoint's tensor names: they tell whether experts are fused and, unless
+    `mtp_modules` is given, how many MTP modules are stored."""
+    if mtp_modules is None:
+        mtp_modules = stored_mtp_modules(cfg, names)
     D, V = cfg.hidden_size, cfg.vocab_size
     shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,), "lm_head.weight": (V, D)}
     optional = set()
     if cfg.tie_word_embeddings:
         optional.add("lm_head.weight")
 
-    for layer in range(cfg.num_hidden_layers + stored_mtp_modules(cfg, names)):
+    for layer in range(cfg.num_hidden_layers + mtp_modules):
         p = f"model.layers.{layer}"
         fused = f"{p}.mlp.experts.gate_up_proj" in names
         shapes[f"{p}.input_layernorm.weight"] = (D,)

@@ -1,0 +1,119 @@
+"""Speculative decoding with the checkpoint's MTP module as the draft model.
+
+One step, with k draft tokens and the pending token t_n (sampled, not yet run through the model):
+1. draft: the MTP module proposes d_1..d_k (chained for k > 1);
+2. verify: one main-model forward over [t_n, d_1, .., d_k] at positions n..n+k;
+3. accept: the longest prefix of drafts the target agrees with, then one token of the target's
+   own (a correction after a rejection, or a bonus token when every draft was accepted);
+4. roll back: the main and MTP latent caches forget the positions of rejected drafts.
+
+Greedy agreement is argmax equality, so the output equals plain greedy decoding. Sampling uses
+the speculative sampling rule (Leviathan et al. 2023, Chen et al. 2023): accept d with
+probability min(1, p(d) / q(d)), else draw from max(0, p - q) renormalised, which leaves the
+output distribution equal to sampling from p alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from minillm.engine.kv_cache import LatentCache
+from minillm.engine.sampler import Sampler, probabilities
+
+
+def accept_draft(p: np.ndarray, q: np.ndarray, draft: int, rng: np.random.Generator) -> int | None:
+    """The speculative sampling rule for one draft token drawn from q, with target p (both (V,)).
+
+    Returns None when the draft is accepted, else the replacement token drawn from max(0, p - q).
+    """
+    if rng.random() * q[draft] < p[draft]:  # accept with probability min(1, p/q)
+        return None
+    residual = np.maximum(p - q, 0.0)
+    total = residual.sum()
+    if total <= 0.0:  # p equals q up to round-off; any draw from p is then exact
+        residual, total = p, p.sum()
+    return int(rng.choice(residual.size, p=residual / total))
+
+
+class SpeculativeDecoder:
+    """Generates token ids after a prompt, k draft tokens per verification step."""
+
+    def __init__(self, llm, mtp, sampler: Sampler, draft_tokens: int, stats):
+        self.llm = llm
+        self.mtp = mtp
+        self.sampler = sampler
+        self.k = draft_tokens
+        self.stats = stats
+        self.greedy = sampler.params.greedy
+
+    def _draw(self, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
+        """Pick a token from logits (V,); also return its distribution when sampling."""
+        if self.greedy:
+            return int(np.argmax(logits)), None
+        probs = probabilities(logits, self.sampler.params)
+        return int(self.sampler.rng.choice(probs.size, p=probs)), probs
+
+    def _draft(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache: LatentCache,
+               count: int) -> tuple[list[int], list[np.ndarray | None]]:
+        """Run the MTP module over the new positions, then chain it for `count` drafts."""
+        y, logits = self.mtp.forward(hidden, next_ids, positions, cache)
+        drafts, dists = [], []
+        for j in range(count):
+            token, dist = self._draw(logits[-1])
+            drafts.append(token)
+            dists.append(dist)
+            if j + 1 < count:
+                position = np.array([positions[-1] + j + 1])
+                y, logits = self.mtp.forward(y[-1:], np.array([token]), position, cache)
+        return drafts, dists
+
+    def _verify(self, drafts: list[int], dists, target_logits: np.ndarray) -> tuple[int, int]:
+        """Accepted draft count and the target's own next token, from logits (k+1, V)."""
+        for j, draft in enumerate(drafts):
+            if self.greedy:
+                choice = int(np.argmax(target_logits[j]))
+                if choice != draft:
+                    return j, choice
+                continue
+            p = probabilities(target_logits[j], self.sampler.params)
+            replacement = accept_draft(p, dists[j], draft, self.sampler.rng)
+            if replacement is not None:
+                return j, replacement
+        token, _ = self._draw(target_logits[len(drafts)])
+        return len(drafts), token
+
+    def run(self, ids: np.ndarray, caches: list[LatentCache], limit: int) -> Iterator[int]:
+        """Prefill `ids` into `caches`, then yield tokens until the caller stops iterating or the
+        context reaches `limit` positions."""
+        transformer = self.llm.transformer
+        hidden = transformer.hidden_states(ids, np.arange(ids.size), caches, absorbed=False)  # (n, D)
+        token, _ = self._draw(transformer.logits(hidden[-1:])[0])
+        yield token
+
+        mtp_cache = LatentCache(self.llm.config.latent_dim, capacity=caches[0].data.shape[0])
+        mtp_hidden, mtp_next, mtp_positions = hidden, np.append(ids[1:], token), np.arange(ids.size)
+        while True:
+            n = caches[0].length  # position of the pending token
+            k = min(self.k, limit - n - 1)
+            if k < 0:
+                return
+            drafts, dists = self._draft(mtp_hidden, mtp_next, mtp_positions, mtp_cache, k) if k else ([], [])
+
+            verify_ids = np.array([token] + drafts)
+            hidden = transformer.hidden_states(verify_ids, np.arange(n, n + k + 1), caches, absorbed=True)
+            accepted, token = self._verify(drafts, dists, transformer.logits(hidden))
+            self.stats.draft_tokens += k
+            self.stats.accepted_tokens += accepted
+            self.stats.verify_forwards += 1
+
+            for cache in caches:
+                cache.truncate(n + accepted + 1)
+            mtp_cache.truncate(n)  # chained drafts wrote positions n.. with draft hidden states
+            yield from drafts[:accepted]
+            yield token
+
+            mtp_hidden = hidden[: accepted + 1]
+            mtp_next = np.array(drafts[:accepted] + [token])
+            mtp_positions = np.arange(n, n + accepted + 1)
