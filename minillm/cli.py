@@ -11,6 +11,7 @@ from pathlib import Path
 import minillm
 from minillm.engine.perplexity import perplexity
 from minillm.errors import MiniLLMError
+from minillm.kvcalc import cli as kv_calc_cli
 
 log = logging.getLogger("minillm.cli")
 
@@ -60,6 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per scored window (default: the model's trained context length)")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
     ppl.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+
+    kv_calc_cli.add_parser(commands)
     return parser
 
 
@@ -98,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity}
+    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, kv_calc_cli.COMMAND: kv_calc_cli.run}
     try:
         return handlers[args.command](args)
     except MiniLLMError as exc:
