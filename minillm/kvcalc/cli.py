@@ -33,7 +33,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, metavar="DIR",
                         help="checkpoint directory with a config.json (default: the model in weights/); "
-                             "not with --preset")
+                             "not with --preset or --all-presets")
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help=f"a published model config instead of a checkpoint: {', '.join(PRESETS)}")
     parser.add_argument("--all-presets", action="store_true",
@@ -50,7 +50,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 
 def run(args: argparse.Namespace) -> int:
-    """Print the report that `args` asks for; raise a MiniLLMError for invalid arguments."""
+    """Print the report that `args` requests and return 0; raise a MiniLLMError for invalid arguments."""
     context = parse_token_count(args.context)
     kv_bytes = parse_bytes_per_value(args.kv_bytes, "--kv-bytes")
     indexer_bytes = parse_bytes_per_value(args.indexer_bytes, "--indexer-bytes")

@@ -53,7 +53,7 @@ def read_config_file(path: str | os.PathLike) -> ModelSpec:
 def spec_from_config(raw: Any, name: str | None = None, source: str = "") -> ModelSpec:
     """Build a ModelSpec from a parsed config.json; raise ConfigError for unsupported model types."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"config.json must hold a JSON object, found {type(raw).__name__}")
+        raise ConfigError(f"config.json must contain a JSON object, found {type(raw).__name__}")
     model_type = raw.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ConfigError(f"unsupported model_type {model_type!r} for the KV calculator: "
@@ -90,7 +90,7 @@ def _mla_layers(raw: dict, model_type: str) -> tuple[tuple[LayerKind, ...], int,
 
 
 def _glm_indexer_layers(raw: dict, count: int) -> list[bool]:
-    """Which GLM-MoE-DSA layers run their own indexer and so cache indexer keys.
+    """Return, for each GLM-MoE-DSA layer, whether it runs its own indexer and so caches indexer keys.
 
     A "shared" layer reuses the top-k selection of the last "full" layer, so it caches no
     indexer keys. The schedule comes from indexer_types, else index_topk_pattern (a string of
@@ -141,7 +141,7 @@ def _gqa_layers(raw: dict, model_type: str) -> tuple[tuple[LayerKind, ...], int,
 
 
 def _gqa_layer_types(raw: dict, model_type: str, count: int) -> list[bool]:
-    """For each layer, whether it uses sliding-window attention."""
+    """Return, for each layer, whether it uses sliding-window attention."""
     layer_types = raw.get("layer_types")
     if layer_types is not None:
         if (not isinstance(layer_types, list) or len(layer_types) != count

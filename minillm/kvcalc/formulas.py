@@ -7,7 +7,7 @@ last `min(T, window)` tokens, `window_values` values each.
 
 Sizes are counted in bits so that sub-byte formats (FP4, 6-bit) add up exactly. Scratch
 buffers of constant size are not counted, because they do not grow with the context: for
-example DeepSeek-V4's fp32 compressor state, which holds the tokens of a window until it is full.
+example DeepSeek-V4's fp32 compressor state, which keeps the tokens of a window until it is full.
 """
 
 from __future__ import annotations
@@ -53,25 +53,28 @@ class LayerKind:
 
 
 def mha_layer(heads: int, key_head_dim: int, value_head_dim: int) -> LayerKind:
-    """Full multi-head attention: a key and a value for every head, for every token."""
+    """Build the layout of multi-head attention: a key and a value per head for every token."""
     return LayerKind(MHA, f"{heads} heads x (K {key_head_dim} + V {value_head_dim})",
                      kv_values=heads * (key_head_dim + value_head_dim))
 
 
 def gqa_layer(kv_heads: int, key_head_dim: int, value_head_dim: int) -> LayerKind:
-    """Grouped-query attention: `kv_heads` keys and values per token, shared by the query heads."""
+    """Build the layout of grouped-query attention: `kv_heads` keys and values per token."""
     return LayerKind(GQA, f"{kv_heads} KV heads x (K {key_head_dim} + V {value_head_dim})",
                      kv_values=kv_heads * (key_head_dim + value_head_dim))
 
 
-def sliding_layer(window: int, values_per_token: int, what: str) -> LayerKind:
-    """A layer that attends to the last `window` tokens only, so its cache stops growing there."""
-    return LayerKind(SLIDING, f"window of {window} tokens x {what}", compress_ratio=0,
+def sliding_layer(window: int, values_per_token: int, token_layout: str) -> LayerKind:
+    """Build the layout of a layer that attends to the last `window` tokens only.
+
+    Its cache stops growing at `window` tokens. `token_layout` describes one token's values in reports.
+    """
+    return LayerKind(SLIDING, f"window of {window} tokens x {token_layout}", compress_ratio=0,
                      window=window, window_values=values_per_token)
 
 
 def mla_layer(kv_lora_rank: int, rope_head_dim: int, index_head_dim: int = 0) -> LayerKind:
-    """MLA: the latent (kv_lora_rank values) and the RoPE key shared by all heads, per token.
+    """Build the layout of MLA: per token, the latent (kv_lora_rank values) and the shared RoPE key.
 
     With `index_head_dim` > 0 the layer also caches one DeepSeek Sparse Attention indexer key
     per token, as DeepSeek-V3.2 and GLM-5 do.
@@ -84,9 +87,10 @@ def mla_layer(kv_lora_rank: int, rope_head_dim: int, index_head_dim: int = 0) ->
 
 
 def csa_layer(compress_ratio: int, head_dim: int, index_head_dim: int, window: int) -> LayerKind:
-    """DeepSeek-V4 CSA: one pooled entry and one indexer key per `compress_ratio` tokens, plus a window.
+    """Build the layout of DeepSeek-V4 CSA: per `compress_ratio` tokens, one pooled entry and one indexer key.
 
-    K and V are the same vector in DeepSeek-V4, so an entry holds `head_dim` values, not two heads' worth.
+    The layer also keeps a window of recent tokens. K and V are the same vector in DeepSeek-V4, so an
+    entry contains `head_dim` values, not a key and a value.
     """
     return LayerKind(
         CSA,
@@ -98,7 +102,7 @@ def csa_layer(compress_ratio: int, head_dim: int, index_head_dim: int, window: i
 
 
 def hca_layer(compress_ratio: int, head_dim: int, window: int) -> LayerKind:
-    """DeepSeek-V4 HCA: one pooled entry per `compress_ratio` tokens, plus a window, no indexer."""
+    """Build the layout of DeepSeek-V4 HCA: one pooled entry per `compress_ratio` tokens, plus a window."""
     return LayerKind(
         HCA,
         f"1 entry of {head_dim} per {compress_ratio} tokens, window of {window} x {head_dim}",

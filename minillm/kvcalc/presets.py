@@ -33,56 +33,90 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     # 61 layers: compress_ratios [128, 128] + [4, 128] * 29 + [4], i.e. 31 HCA and 30 CSA layers.
     # The 62nd compress_ratios entry (0) belongs to the MTP module.
-    "deepseek-v4-pro": Preset("DeepSeek-V4-Pro", "https://huggingface.co/deepseek-ai/DeepSeek-V4-Pro/blob/main/config.json", {
-        "model_type": "deepseek_v4", "hidden_size": 7168, "num_hidden_layers": 61,
-        "num_attention_heads": 128, "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64,
-        "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 1024,
-        "compress_ratios": [128, 128] + [4, 128] * 29 + [4, 0],
-        "max_position_embeddings": 1048576,
-    }),
+    "deepseek-v4-pro": Preset(
+        title="DeepSeek-V4-Pro",
+        source="https://huggingface.co/deepseek-ai/DeepSeek-V4-Pro/blob/main/config.json",
+        config={
+            "model_type": "deepseek_v4", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64,
+            "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 1024,
+            "compress_ratios": [128, 128] + [4, 128] * 29 + [4, 0],
+            "max_position_embeddings": 1048576,
+        },
+    ),
     # 43 layers: compress_ratios [0, 0] + [4, 128] * 20 + [4], i.e. 2 sliding, 21 CSA and 20 HCA layers.
-    "deepseek-v4-flash": Preset("DeepSeek-V4-Flash", "https://huggingface.co/deepseek-ai/DeepSeek-V4-Flash/blob/main/config.json", {
-        "model_type": "deepseek_v4", "hidden_size": 4096, "num_hidden_layers": 43,
-        "num_attention_heads": 64, "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64,
-        "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512,
-        "compress_ratios": [0, 0] + [4, 128] * 20 + [4, 0],
-        "max_position_embeddings": 1048576,
-    }),
-    "deepseek-v3.2": Preset("DeepSeek-V3.2", "https://huggingface.co/deepseek-ai/DeepSeek-V3.2-Exp/blob/main/config.json", {
-        "model_type": "deepseek_v32", "hidden_size": 7168, "num_hidden_layers": 61,
-        "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
-        "v_head_dim": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
-        "max_position_embeddings": 163840,
-    }),
-    "deepseek-v3": Preset("DeepSeek-V3", "https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json", {
-        "model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
-        "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
-        "v_head_dim": 128, "max_position_embeddings": 163840,
-    }),
-    "deepseek-v2": Preset("DeepSeek-V2", "https://huggingface.co/deepseek-ai/DeepSeek-V2/blob/main/config.json", {
-        "model_type": "deepseek_v2", "hidden_size": 5120, "num_hidden_layers": 60,
-        "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
-        "v_head_dim": 128, "max_position_embeddings": 163840,
-    }),
+    # The 44th compress_ratios entry (0) belongs to the MTP module.
+    "deepseek-v4-flash": Preset(
+        title="DeepSeek-V4-Flash",
+        source="https://huggingface.co/deepseek-ai/DeepSeek-V4-Flash/blob/main/config.json",
+        config={
+            "model_type": "deepseek_v4", "hidden_size": 4096, "num_hidden_layers": 43,
+            "num_attention_heads": 64, "num_key_value_heads": 1, "head_dim": 512, "qk_rope_head_dim": 64,
+            "sliding_window": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 512,
+            "compress_ratios": [0, 0] + [4, 128] * 20 + [4, 0],
+            "max_position_embeddings": 1048576,
+        },
+    ),
+    # DeepSeek-V3.2-Exp added the DSA indexer to DeepSeek-V3's MLA; this preset uses its config.json.
+    "deepseek-v3.2": Preset(
+        title="DeepSeek-V3.2-Exp",
+        source="https://huggingface.co/deepseek-ai/DeepSeek-V3.2-Exp/blob/main/config.json",
+        config={
+            "model_type": "deepseek_v32", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+            "v_head_dim": 128, "index_n_heads": 64, "index_head_dim": 128, "index_topk": 2048,
+            "max_position_embeddings": 163840,
+        },
+    ),
+    "deepseek-v3": Preset(
+        title="DeepSeek-V3",
+        source="https://huggingface.co/deepseek-ai/DeepSeek-V3/blob/main/config.json",
+        config={
+            "model_type": "deepseek_v3", "hidden_size": 7168, "num_hidden_layers": 61,
+            "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+            "v_head_dim": 128, "max_position_embeddings": 163840,
+        },
+    ),
+    "deepseek-v2": Preset(
+        title="DeepSeek-V2",
+        source="https://huggingface.co/deepseek-ai/DeepSeek-V2/blob/main/config.json",
+        config={
+            "model_type": "deepseek_v2", "hidden_size": 5120, "num_hidden_layers": 60,
+            "num_attention_heads": 128, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 128,
+            "v_head_dim": 128, "max_position_embeddings": 163840,
+        },
+    ),
     # 78 layers, every one with its own indexer; the MTP layer (num_nextn_predict_layers 1) is extra.
-    "glm-5": Preset("GLM-5", "https://huggingface.co/zai-org/GLM-5/blob/main/config.json", {
-        "model_type": "glm_moe_dsa", "hidden_size": 6144, "num_hidden_layers": 78,
-        "num_attention_heads": 64, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 192,
-        "v_head_dim": 256, "index_n_heads": 32, "index_head_dim": 128, "index_topk": 2048,
-        "max_position_embeddings": 202752,
-    }),
-    "qwen3-235b-a22b": Preset("Qwen3-235B-A22B", "https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json", {
-        "model_type": "qwen3_moe", "hidden_size": 4096, "num_hidden_layers": 94,
-        "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128,
-        "use_sliding_window": False, "sliding_window": None, "max_window_layers": 94,
-        "max_position_embeddings": 40960,
-    }),
+    "glm-5": Preset(
+        title="GLM-5",
+        source="https://huggingface.co/zai-org/GLM-5/blob/main/config.json",
+        config={
+            "model_type": "glm_moe_dsa", "hidden_size": 6144, "num_hidden_layers": 78,
+            "num_attention_heads": 64, "kv_lora_rank": 512, "qk_rope_head_dim": 64, "qk_nope_head_dim": 192,
+            "v_head_dim": 256, "index_n_heads": 32, "index_head_dim": 128, "index_topk": 2048,
+            "max_position_embeddings": 202752,
+        },
+    ),
+    "qwen3-235b-a22b": Preset(
+        title="Qwen3-235B-A22B",
+        source="https://huggingface.co/Qwen/Qwen3-235B-A22B/blob/main/config.json",
+        config={
+            "model_type": "qwen3_moe", "hidden_size": 4096, "num_hidden_layers": 94,
+            "num_attention_heads": 64, "num_key_value_heads": 4, "head_dim": 128,
+            "use_sliding_window": False, "sliding_window": None, "max_window_layers": 94,
+            "max_position_embeddings": 40960,
+        },
+    ),
     # config.json has no head_dim, so it is hidden_size / num_attention_heads = 128.
-    "llama-3.1-70b": Preset("Llama-3.1-70B", "https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json", {
-        "model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80,
-        "num_attention_heads": 64, "num_key_value_heads": 8,
-        "max_position_embeddings": 131072,
-    }),
+    "llama-3.1-70b": Preset(
+        title="Llama-3.1-70B",
+        source="https://huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json",
+        config={
+            "model_type": "llama", "hidden_size": 8192, "num_hidden_layers": 80,
+            "num_attention_heads": 64, "num_key_value_heads": 8,
+            "max_position_embeddings": 131072,
+        },
+    ),
 }
 
 

@@ -56,13 +56,13 @@ def format_report(report: KVReport) -> str:
     lines += [line + ("  " + row[5] if len(row) > 5 else "") for line, row in zip(table, rows)]
 
     baselines = report.baselines
-    lines += [
-        "",
-        f"for comparison, the same {report.layers} layers at {_plural(report.kv_bytes, 'byte')} per value:",
-        f"  MHA, a key and a value per head:  {format_count(baselines.mha_bytes_per_token)} bytes/token",
-        f"  GQA with {baselines.gqa_kv_heads} KV heads:              "
-        f"{format_count(baselines.gqa_bytes_per_token)} bytes/token",
+    comparison = [
+        ["  MHA, a key and a value per query head", format_count(baselines.mha_bytes_per_token), "bytes/token"],
+        [f"  GQA with {baselines.gqa_kv_heads} KV heads", format_count(baselines.gqa_bytes_per_token), "bytes/token"],
     ]
+    lines += ["", f"for comparison, the same {report.layers} layers and head sizes caching every token, "
+                  f"at {_plural(report.kv_bytes, 'byte')} per value:"]
+    lines += _align(comparison, left_columns=1)
     if report.exceeds_max_positions:
         lines.append(f"note: {report.context_tokens:,} tokens is more than the model's "
                      f"max_position_embeddings ({report.max_position_embeddings:,})")

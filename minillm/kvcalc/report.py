@@ -97,7 +97,7 @@ def resolve_spec(model: ModelSource) -> ModelSpec:
     """Turn a preset name, a checkpoint path, a parsed config.json or a ModelConfig into a ModelSpec.
 
     A string is a preset name when one matches, else a path. A path is a checkpoint directory or a
-    config.json file.
+    config.json file. A ModelSpec is returned unchanged.
     """
     if isinstance(model, ModelSpec):
         return model

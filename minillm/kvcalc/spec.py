@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from minillm.kvcalc.formulas import LayerKind, gqa_layer, mha_layer
+from minillm.kvcalc.units import KVCalcError
 
 # KV heads of the GQA comparison figure: 8, as in every Llama-3 model from 8B to 405B.
 DEFAULT_BASELINE_KV_HEADS = 8
@@ -56,6 +57,8 @@ def baseline_bytes_per_token(spec: ModelSpec, kv_bytes: float = 1,
     Both baselines keep a key and a value per KV head for every token, at `kv_bytes` per value.
     The GQA head count is capped at the model's query head count.
     """
+    if isinstance(gqa_kv_heads, bool) or not isinstance(gqa_kv_heads, int) or gqa_kv_heads < 1:
+        raise KVCalcError(f"invalid gqa_kv_heads {gqa_kv_heads!r}: use a positive integer such as 8")
     kv_heads = min(gqa_kv_heads, spec.num_attention_heads)
     mha = mha_layer(spec.num_attention_heads, spec.key_head_dim, spec.value_head_dim)
     gqa = gqa_layer(kv_heads, spec.key_head_dim, spec.value_head_dim)

@@ -8,6 +8,7 @@ bytes and in GiB, where 1 GiB = 2^30 bytes.
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from fractions import Fraction
 
@@ -43,14 +44,14 @@ def parse_token_count(text: str) -> int:
     return check_token_count(int(tokens), text)
 
 
-def check_token_count(tokens: object, shown: object = None) -> int:
-    """Return `tokens` if it is an integer of at least 1, else raise KVCalcError naming it."""
-    shown = tokens if shown is None else shown
-    if isinstance(tokens, bool) or not isinstance(tokens, int):
-        raise KVCalcError(f"invalid context length {shown!r}: use {CONTEXT_HELP}")
+def check_token_count(tokens: object, as_written: object = None) -> int:
+    """Return `tokens` as an int if it is an integer of at least 1, else raise KVCalcError naming it."""
+    as_written = tokens if as_written is None else as_written
+    if isinstance(tokens, bool) or not isinstance(tokens, numbers.Integral):
+        raise KVCalcError(f"invalid context length {as_written!r}: use {CONTEXT_HELP}")
     if tokens < 1:
-        raise KVCalcError(f"invalid context length {shown!r}: it must be at least 1 token; use {CONTEXT_HELP}")
-    return tokens
+        raise KVCalcError(f"invalid context length {as_written!r}: it must be at least 1 token; use {CONTEXT_HELP}")
+    return int(tokens)
 
 
 def parse_bytes_per_value(text: str, option: str) -> float:
@@ -59,18 +60,21 @@ def parse_bytes_per_value(text: str, option: str) -> float:
         value = float(text)
     except ValueError:
         raise KVCalcError(f"invalid {option} {text!r}: {_BYTES_HELP}") from None
-    return bytes_to_bits(value, option) / 8
+    return bytes_to_bits(value, option, as_written=text) / 8
 
 
-def bytes_to_bits(value: object, option: str) -> int:
-    """Convert bytes per value to whole bits per value, or raise KVCalcError naming `option`."""
+def bytes_to_bits(value: object, option: str, as_written: object = None) -> int:
+    """Convert bytes per value to whole bits per value, or raise KVCalcError naming `option`.
+
+    `as_written` is the value as the user typed it, for the error message, and defaults to `value`.
+    """
+    as_written = value if as_written is None else as_written
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise KVCalcError(f"invalid {option} {value!r}: {_BYTES_HELP}")
+        raise KVCalcError(f"invalid {option} {as_written!r}: {_BYTES_HELP}")
     bits = value * 8
     if bits != int(bits):
-        raise KVCalcError(f"invalid {option} {value!r}: it is {bits:g} bits, not a whole number; {_BYTES_HELP}")
+        raise KVCalcError(f"invalid {option} {as_written!r}: it is {bits:g} bits, not a whole number; {_BYTES_HELP}")
     return int(bits)
-
 
 
 def format_bytes_per_value(value: float) -> str:
