@@ -1,0 +1,1 @@
+"""Offline tools that train, export and check the default minillm model (need torch)."""
