@@ -14,8 +14,8 @@ a Hugging Face folder (see tools/export.py).
 Training length is set by ``--steps``, ``--tokens`` or ``--time-budget-minutes``, whichever ends
 first. The learning rate warms up linearly, then follows a cosine to ``--min-lr-ratio`` of the
 peak over that length. With a time budget, progress is measured in wall time, so the schedule
-anneals on time even when the machine is slower than expected; the step count then varies
-between runs, although seeds fix the initialisation and the data order.
+anneals on time even when the machine is slower than expected. The step count then varies
+between runs, while the seed still fixes the initialisation and the data order.
 """
 
 from __future__ import annotations
