@@ -20,3 +20,7 @@ class TokenizerError(MiniLLMError):
 
 class GenerationError(MiniLLMError):
     """A generation request has an invalid argument (sampling settings, prompt, lengths)."""
+
+
+class MemoryConfigError(MiniLLMError):
+    """A tier budget or cache directory cannot be used, or the KV cache outgrew every tier."""

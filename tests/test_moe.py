@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from minillm.config import ModelConfig
+from minillm.memory.expert_cache import StackedExperts
 from minillm.model.moe import MoEWeights, route, run_experts, run_experts_reference
 
 from helpers import TINY_V3
@@ -63,10 +64,10 @@ def test_softmax_greedy_top_k():
 def test_batched_experts_equal_reference(tokens):
     rng = np.random.default_rng(tokens)
     F = 12
-    w = MoEWeights(gate=rng.standard_normal((E, D)).astype(np.float32),
-                   w_gate=rng.standard_normal((E, F, D)).astype(np.float32),
-                   w_up=rng.standard_normal((E, F, D)).astype(np.float32),
-                   w_down=rng.standard_normal((E, D, F)).astype(np.float32))
+    experts = StackedExperts(rng.standard_normal((E, F, D)).astype(np.float32),
+                             rng.standard_normal((E, F, D)).astype(np.float32),
+                             rng.standard_normal((E, D, F)).astype(np.float32))
+    w = MoEWeights(gate=rng.standard_normal((E, D)).astype(np.float32), experts=experts)
     x = rng.standard_normal((tokens, D)).astype(np.float32)
     indices, weights = route(config(), w.gate, rng.standard_normal(E).astype(np.float32), x)
     # same products summed in another order: float32 round-off only, relative to outputs of O(10)

@@ -11,12 +11,14 @@ import numpy as np
 class LatentCache:
     """One layer's cache, rows [c ; k_rope] (S, C + R), grown by doubling."""
 
-    def __init__(self, width: int, capacity: int = 256):
+    def __init__(self, width: int, capacity: int = 256, start: int = 0):
         self.data = np.zeros((capacity, width), dtype=np.float32)
         self.length = 0
+        self.start = start  # position of row 0
 
-    def append(self, entries: np.ndarray) -> np.ndarray:
-        """Store entries (T, C + R) after the cached ones and return all of them (S, C + R)."""
+    def append(self, entries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """Store entries (T, C + R) after the cached ones; return all of them as one key block
+        [(entries (S, C + R), positions (S,) or None when they are 0..S-1)]."""
         end = self.length + entries.shape[0]
         if end > self.data.shape[0]:
             grown = np.zeros((max(end, 2 * self.data.shape[0]), self.data.shape[1]), dtype=np.float32)
@@ -24,11 +26,17 @@ class LatentCache:
             self.data = grown
         self.data[self.length : end] = entries
         self.length = end
-        return self.data[:end]
+        positions = None if self.start == 0 else np.arange(self.start, self.start + end)
+        return [(self.data[:end], positions)]
 
-    def truncate(self, length: int) -> None:
-        """Forget positions from `length` on (speculative decoding rolls back rejected drafts)."""
-        self.length = min(self.length, length)
+    @property
+    def end(self) -> int:
+        """Position after the last cached one."""
+        return self.start + self.length
+
+    def truncate(self, position: int) -> None:
+        """Forget positions from `position` on (speculative decoding rolls back rejected drafts)."""
+        self.length = max(0, min(self.length, position - self.start))
 
     @property
     def nbytes(self) -> int:

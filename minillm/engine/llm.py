@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -16,16 +16,22 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.engine.kv_cache import LatentCache, new_caches
+from minillm.engine.memory_plan import plan_memory
 from minillm.engine.sampler import Sampler, SamplingParams
 from minillm.engine.speculative import SpeculativeDecoder
 from minillm.errors import GenerationError, TokenizerError
 from minillm.io.safetensors import Checkpoint
 from minillm.io.tokenizer import Tokenizer
 from minillm.io.weights import load_weights
+from minillm.memory.expert_cache import ExpertCache
+from minillm.memory.paged_kv import PagedKVCache
+from minillm.memory.tiers import MemoryConfig, MemoryHierarchy
 from minillm.model.mtp import MTP
 from minillm.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
+
+PREFILL_CHUNK_TOKENS = 256  # prompt tokens per forward pass, rounded to whole KV pages
 
 
 @dataclass
@@ -39,6 +45,7 @@ class GenerationStats:
     draft_tokens: int = 0  # MTP drafts proposed
     accepted_tokens: int = 0  # MTP drafts the target model agreed with
     verify_forwards: int = 0  # main-model forward passes after prefill
+    prefix_cache_hit_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def acceptance_rate(self) -> float:
@@ -66,31 +73,58 @@ class GenerationStats:
                 "acceptance_rate": self.acceptance_rate, "tokens_per_forward": self.tokens_per_forward}
 
 
+@dataclass
+class Prefill:
+    """What prefill leaves for decoding: hidden states of the positions it computed (the others
+    came from the prefix cache), the first computed position, and the last position's logits."""
+
+    hidden: np.ndarray  # (T, D)
+    start: int
+    logits: np.ndarray  # (V,)
+
+
 class LLM:
-    def __init__(self, config: ModelConfig, transformer: Transformer, tokenizer: Tokenizer | None, path: Path):
+    def __init__(self, config: ModelConfig, transformer: Transformer, tokenizer: Tokenizer | None, path: Path,
+                 checkpoint: Checkpoint, expert_cache: ExpertCache, memory: MemoryConfig):
         self.config = config
         self.transformer = transformer
         self._tokenizer = tokenizer
         self.path = path
+        self.checkpoint = checkpoint
+        self.expert_cache = expert_cache
         self.last_stats = GenerationStats()
+        self.last_snapshot: dict = {}
         mtp = transformer.weights.mtp
         self.mtp = MTP(config, mtp[0], transformer) if mtp else None
+        self.set_memory(memory)
 
     @classmethod
-    def from_directory(cls, path: str | Path) -> LLM:
+    def from_directory(cls, path: str | Path, memory: MemoryConfig | None = None) -> LLM:
         path = Path(path)
+        memory = memory or MemoryConfig()
         config = ModelConfig.from_file(path)
-        checkpoint = Checkpoint(path)
-        try:
-            weights = load_weights(config, checkpoint)
-        finally:
-            checkpoint.close()
+        checkpoint = Checkpoint(path)  # stays open: routed experts stream from its memory map
+        expert_cache = ExpertCache(MemoryHierarchy(memory), budget=0)  # sized by set_memory
+        weights = load_weights(config, checkpoint, expert_cache)
         tokenizer = None
         if (path / "tokenizer.json").is_file():
             tokenizer = Tokenizer.from_directory(path, config.bos_token_id, config.eos_token_ids)
         log.info("loaded %s: %d layers, hidden %d, vocab %d", path, config.num_hidden_layers,
                  config.hidden_size, config.vocab_size)
-        return cls(config, Transformer(config, weights), tokenizer, path)
+        return cls(config, Transformer(config, weights), tokenizer, path, checkpoint, expert_cache, memory)
+
+    def set_memory(self, memory: MemoryConfig) -> None:
+        """Apply new tier budgets (between generations): counters restart and experts stream in again."""
+        self.plan = plan_memory(memory, self.config, self.path, self.checkpoint.file_bytes,
+                                self.transformer.weights, self.expert_cache)
+        self.last_snapshot = self.plan.memory.snapshot()
+
+    @property
+    def memory(self) -> MemoryHierarchy:
+        return self.plan.memory
+
+    def close(self) -> None:
+        self.checkpoint.close()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -124,14 +158,52 @@ class LLM:
         return self.transformer.logits(hidden)
 
     def new_caches(self, capacity: int = 256) -> list[LatentCache]:
+        """Plain per-layer latent caches outside the memory hierarchy, for use with `step`."""
         return new_caches(self.config.num_hidden_layers, self.config.latent_dim, capacity)
 
-    def step(self, ids: np.ndarray, caches: list[LatentCache], absorbed: bool) -> np.ndarray:
+    def step(self, ids: np.ndarray, caches, absorbed: bool) -> np.ndarray:
         """Run tokens ids (T,) after the cached ones; returns the last position's logits (V,)."""
         start = caches[0].length
         positions = np.arange(start, start + ids.size)
         hidden = self.transformer.hidden_states(ids, positions, caches, absorbed)
         return self.transformer.logits(hidden[-1:])[0]
+
+    def _prefill(self, ids: np.ndarray, kv: PagedKVCache, caches: list) -> Prefill:
+        """Load cached prefix pages, compute the rest of the prompt in page-aligned chunks, and
+        store the newly computed full pages in the prefix cache."""
+        prefix = self.plan.prefix_cache
+        page_tokens = kv.P
+        hit_pages = 0
+        if prefix is not None:
+            for page in range(prefix.reusable_pages(ids)):
+                data = prefix.read(ids, page, (kv.layers, page_tokens, kv.width))
+                if data is None:
+                    break
+                kv.load_page(data)
+                hit_pages += 1
+            self.memory.count("prefix_cache_hit_tokens", hit_pages * page_tokens)
+
+        start = hit_pages * page_tokens
+        chunk = page_tokens * max(1, PREFILL_CHUNK_TOKENS // page_tokens)
+        hidden = []
+        for lo in range(start, ids.size, chunk):
+            hi = min(ids.size, (lo // chunk + 1) * chunk)  # chunk edges at fixed positions
+            hidden.append(self.transformer.hidden_states(ids[lo:hi], np.arange(lo, hi), caches, absorbed=False))
+        hidden = np.concatenate(hidden)
+
+        if prefix is not None:
+            try:
+                for page in range(hit_pages, prefix.reusable_pages(ids)):
+                    prefix.write(ids, page, kv.page(page))
+                    self.memory.count("prefix_cache_written_pages")
+            except OSError as exc:
+                log.warning("could not write the prefix cache under %s (%s): continuing without it",
+                            prefix.directory, exc.strerror or exc)
+        return Prefill(hidden, start, self.transformer.logits(hidden[-1:])[0])
+
+    def snapshot(self) -> dict:
+        """Statistics now: every tier's budget, use and traffic, plus this generation's counters."""
+        return {**self.memory.snapshot(), "generation": self.last_stats.to_dict()}
 
     def resolve_speculative(self, speculative: str) -> str:
         """"auto" becomes "mtp" when the checkpoint stores an MTP module, else "none"."""
@@ -143,9 +215,9 @@ class LLM:
             raise GenerationError(f"{self.path} stores no MTP module: use speculative 'none'")
         return speculative
 
-    def _plain_tokens(self, ids: np.ndarray, caches: list[LatentCache], limit: int, sampler: Sampler,
+    def _plain_tokens(self, prefill: Prefill, caches: list, limit: int, sampler: Sampler,
                       stats: GenerationStats) -> Iterator[int]:
-        token = sampler(self.step(ids, caches, absorbed=False))
+        token = sampler(prefill.logits)
         yield token
         while caches[0].length < limit:
             token = sampler(self.step(np.array([token]), caches, absorbed=True))
@@ -154,12 +226,14 @@ class LLM:
 
     def generate_ids(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
                      top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_at_eos: bool = True,
-                     speculative: str = "auto", draft_tokens: int = 1) -> Iterator[int]:
+                     speculative: str = "auto", draft_tokens: int = 1,
+                     on_snapshot: Callable[[dict], None] | None = None) -> Iterator[int]:
         """Yield new token ids one at a time. Statistics land in `last_stats` as it runs.
 
         speculative: "mtp" drafts `draft_tokens` tokens per step with the checkpoint's MTP module
         and verifies them in one forward pass; "none" decodes one token per forward; "auto" picks
         "mtp" when the checkpoint has MTP weights. Both give the same greedy output.
+        on_snapshot: called with `snapshot()` after prefill and after every token.
         """
         if not (isinstance(max_new_tokens, int) and max_new_tokens >= 0):
             raise GenerationError(f"invalid max_new_tokens {max_new_tokens!r}: use 0 or a positive integer")
@@ -174,35 +248,48 @@ class LLM:
         if max_new_tokens == 0:
             stats.finish_reason = "length"
             return
-        caches = self.new_caches(capacity=min(ids.size + max_new_tokens + draft_tokens + 1, limit))
-        if mode == "mtp":
-            tokens = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats).run(ids, caches, limit)
-        else:
-            tokens = self._plain_tokens(ids, caches, limit, sampler, stats)
 
         started = time.perf_counter()
-        for token in tokens:
-            now = time.perf_counter()
-            if stats.generated_tokens == 0:
-                stats.prefill_seconds, decode_started = now - started, now
-            stats.generated_tokens += 1
-            stats.decode_seconds = now - decode_started
-            yield token
-            if stop_at_eos and token in self.eos_ids:
-                stats.finish_reason = "eos"
-                return
-            if stats.generated_tokens >= max_new_tokens:
-                stats.finish_reason = "length"
-                return
+        hits_before = self.memory.counters["prefix_cache_hit_tokens"]
+        kv = self.plan.new_kv_cache(self.config.num_hidden_layers, self.config.latent_dim)
+        try:
+            caches = [kv.layer_view(layer) for layer in range(self.config.num_hidden_layers)]
+            prefill = self._prefill(ids, kv, caches)
+            stats.prefix_cache_hit_tokens = self.memory.counters["prefix_cache_hit_tokens"] - hits_before
+            if mode == "mtp":
+                decoder = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats)
+                tokens = decoder.run(ids, prefill, caches, limit)
+            else:
+                tokens = self._plain_tokens(prefill, caches, limit, sampler, stats)
+
+            for token in tokens:
+                now = time.perf_counter()
+                if stats.generated_tokens == 0:
+                    stats.prefill_seconds, decode_started = now - started, now
+                stats.generated_tokens += 1
+                stats.decode_seconds = now - decode_started
+                self.last_snapshot = self.snapshot()
+                if on_snapshot is not None:
+                    on_snapshot(self.last_snapshot)
+                yield token
+                if stop_at_eos and token in self.eos_ids:
+                    stats.finish_reason = "eos"
+                    return
+                if stats.generated_tokens >= max_new_tokens:
+                    stats.finish_reason = "length"
+                    return
+        finally:
+            kv.close()
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, speculative: str = "auto",
-                 draft_tokens: int = 1) -> Iterator[str]:
+                 draft_tokens: int = 1, on_snapshot: Callable[[dict], None] | None = None) -> Iterator[str]:
         """Yield generated text piece by piece; no piece ends inside a UTF-8 character.
         Arguments as for `generate_ids`."""
         stream = self.tokenizer.stream()
         for token in self.generate_ids(prompt, max_new_tokens, temperature, top_k, top_p, seed,
-                                       speculative=speculative, draft_tokens=draft_tokens):
+                                       speculative=speculative, draft_tokens=draft_tokens,
+                                       on_snapshot=on_snapshot):
             if token in self.eos_ids:
                 continue
             piece = stream.push(token)

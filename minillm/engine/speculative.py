@@ -84,16 +84,21 @@ class SpeculativeDecoder:
         token, _ = self._draw(target_logits[len(drafts)])
         return len(drafts), token
 
-    def run(self, ids: np.ndarray, caches: list[LatentCache], limit: int) -> Iterator[int]:
-        """Prefill `ids` into `caches`, then yield tokens until the caller stops iterating or the
-        context reaches `limit` positions."""
+    def run(self, ids: np.ndarray, prefill, caches: list, limit: int) -> Iterator[int]:
+        """Yield tokens after a prefilled prompt until the caller stops iterating or the context
+        reaches `limit` positions.
+
+        NOTE: on a prefix-cache hit the MTP module's own cache starts at the first recomputed
+        position, so its drafts see less context and may be accepted less often. Output is
+        unchanged: every draft is verified by the main model."""
         transformer = self.llm.transformer
-        hidden = transformer.hidden_states(ids, np.arange(ids.size), caches, absorbed=False)  # (n, D)
-        token, _ = self._draw(transformer.logits(hidden[-1:])[0])
+        token, _ = self._draw(prefill.logits)
         yield token
 
-        mtp_cache = LatentCache(self.llm.config.latent_dim, capacity=caches[0].data.shape[0])
-        mtp_hidden, mtp_next, mtp_positions = hidden, np.append(ids[1:], token), np.arange(ids.size)
+        mtp_cache = LatentCache(self.llm.config.latent_dim, capacity=ids.size - prefill.start + 64, start=prefill.start)
+        mtp_hidden = prefill.hidden
+        mtp_next = np.append(ids[prefill.start + 1 :], token)
+        mtp_positions = np.arange(prefill.start, ids.size)
         while True:
             n = caches[0].length  # position of the pending token
             k = min(self.k, limit - n - 1)

@@ -219,11 +219,34 @@ class Checkpoint:
     def names(self) -> set[str]:
         return set(self._owner)
 
+    @property
+    def file_bytes(self) -> int:
+        """Size of all weight files: what the memory map makes addressable."""
+        return sum(file.path.stat().st_size for file in self.files)
+
     def shape(self, name: str) -> tuple[int, ...]:
         return self._owner[name].tensors[name].shape
 
     def dtype(self, name: str) -> str:
         return self._owner[name].tensors[name].dtype
+
+    def nbytes(self, name: str) -> int:
+        info = self._owner[name].tensors[name]
+        return info.end - info.start
+
+    def itemsize(self, name: str) -> int:
+        return STORAGE_DTYPES[self.dtype(name)].itemsize
+
+    def tensor_row(self, name: str, index: int) -> np.ndarray:
+        """float32 copy of tensor[index] along the first axis, converting only that slice."""
+        file = self._owner[name]
+        dtype = file.tensors[name].dtype
+        raw = file.raw(name)[index]
+        if dtype == "BF16":
+            return bf16_to_f32(raw)
+        if dtype in ("F32", "F16", "F64"):
+            return raw.astype(np.float32)
+        raise CheckpointError(f"tensor {name!r} of dtype {dtype} cannot be read one expert at a time")
 
     def tensor(self, name: str) -> np.ndarray:
         """float32 tensor; FP8 weights are dequantized with their `<name>_scale_inv` companion."""

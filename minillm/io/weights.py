@@ -17,6 +17,7 @@ import numpy as np
 from minillm.config import ModelConfig
 from minillm.errors import CheckpointError
 from minillm.io.safetensors import Checkpoint
+from minillm.memory.expert_cache import ExpertCache, StackedExperts, StreamedExperts
 from minillm.model.mla import AttentionWeights
 from minillm.model.moe import MoEWeights
 from minillm.model.transformer import DenseWeights, LayerWeights, ModelWeights, MTPWeights
@@ -148,7 +149,23 @@ class _Reader:
         return self.ckpt.tensor(name) if name in self.ckpt.names else None
 
 
-def _load_layer(cfg: ModelConfig, r: _Reader, layer: int) -> LayerWeights:
+def _expert_loader(cfg: ModelConfig, ckpt: Checkpoint, m: str):
+    """A function expert -> ((gate, up, down) float32, bytes read from the checkpoint)."""
+    F = cfg.moe_intermediate_size
+    if f"{m}.experts.gate_up_proj" in ckpt.names:
+        def load_fused(e: int):
+            gate_up = ckpt.tensor_row(f"{m}.experts.gate_up_proj", e)  # (2F, D): gate rows first, then up
+            down = ckpt.tensor_row(f"{m}.experts.down_proj", e)
+            return (gate_up[:F], gate_up[F:], down), (gate_up.size + down.size) * ckpt.itemsize(f"{m}.experts.down_proj")
+        return load_fused
+
+    def load(e: int):
+        names = [f"{m}.experts.{e}.{proj}.weight" for proj in ("gate_proj", "up_proj", "down_proj")]
+        return tuple(ckpt.tensor(n) for n in names), sum(ckpt.nbytes(n) for n in names)
+    return load
+
+
+def _load_layer(cfg: ModelConfig, r: _Reader, layer: int, expert_cache: ExpertCache | None) -> LayerWeights:
     p = f"model.layers.{layer}"
     a = f"{p}.self_attn"
     attention = AttentionWeights(
@@ -165,21 +182,15 @@ def _load_layer(cfg: ModelConfig, r: _Reader, layer: int) -> LayerWeights:
     if not cfg.is_moe_layer(layer):
         ffn = DenseWeights(r.get(f"{m}.gate_proj.weight"), r.get(f"{m}.up_proj.weight"), r.get(f"{m}.down_proj.weight"))
     else:
-        F = cfg.moe_intermediate_size
-        if f"{m}.experts.gate_up_proj" in r.ckpt.names:
-            gate_up = r.get(f"{m}.experts.gate_up_proj")  # (E, 2F, D): gate rows first, then up
-            w_gate, w_up = gate_up[:, :F], gate_up[:, F:]
-            w_down = r.get(f"{m}.experts.down_proj")
+        load = _expert_loader(cfg, r.ckpt, m)
+        if expert_cache is None:
+            experts = [load(e)[0] for e in range(cfg.n_routed_experts)]
+            source = StackedExperts(*(np.stack([ex[i] for ex in experts]) for i in range(3)))
         else:
-            experts = range(cfg.n_routed_experts)
-            w_gate = np.stack([r.get(f"{m}.experts.{e}.gate_proj.weight") for e in experts])
-            w_up = np.stack([r.get(f"{m}.experts.{e}.up_proj.weight") for e in experts])
-            w_down = np.stack([r.get(f"{m}.experts.{e}.down_proj.weight") for e in experts])
+            source = StreamedExperts(layer, expert_cache, load)
         ffn = MoEWeights(
             gate=r.get(f"{m}.gate.weight"),
-            w_gate=np.ascontiguousarray(w_gate),
-            w_up=np.ascontiguousarray(w_up),
-            w_down=w_down,
+            experts=source,
             bias=r.maybe(f"{m}.gate.e_score_correction_bias"),
             shared_gate=r.maybe(f"{m}.shared_experts.gate_proj.weight"),
             shared_up=r.maybe(f"{m}.shared_experts.up_proj.weight"),
@@ -189,15 +200,18 @@ def _load_layer(cfg: ModelConfig, r: _Reader, layer: int) -> LayerWeights:
                         r.get(f"{p}.post_attention_layernorm.weight"), ffn)
 
 
-def load_weights(cfg: ModelConfig, ckpt: Checkpoint) -> ModelWeights:
-    """Check names and shapes against the config, then read every tensor as float32."""
+def load_weights(cfg: ModelConfig, ckpt: Checkpoint, expert_cache: ExpertCache | None = None) -> ModelWeights:
+    """Check names and shapes against the config, then read every tensor as float32.
+
+    With an expert cache, routed experts stay in the memory-mapped checkpoint and are streamed
+    in on first use; the checkpoint must then stay open while the model runs."""
     _check_names(cfg, ckpt)
     r = _Reader(ckpt)
     embed = r.get("model.embed_tokens.weight")
     lm_head = r.maybe("lm_head.weight")
     weights = ModelWeights(
         embed=embed,
-        layers=[_load_layer(cfg, r, layer) for layer in range(cfg.num_hidden_layers)],
+        layers=[_load_layer(cfg, r, layer, expert_cache) for layer in range(cfg.num_hidden_layers)],
         norm=r.get("model.norm.weight"),
         lm_head=embed if (lm_head is None or cfg.tie_word_embeddings) else lm_head,
     )
@@ -212,7 +226,7 @@ def load_weights(cfg: ModelConfig, ckpt: Checkpoint) -> ModelWeights:
             embed_norm=r.get(f"{p}.enorm.weight"),
             hidden_norm=r.get(f"{p}.hnorm.weight"),
             eh_proj=r.get(f"{p}.eh_proj.weight"),
-            block=_load_layer(cfg, r, layer),
+            block=_load_layer(cfg, r, layer, expert_cache),
             head_norm=r.get(f"{p}.shared_head.norm.weight"),
             embed=r.maybe(f"{p}.embed_tokens.weight"),
             head=r.maybe(f"{p}.shared_head.head.weight"),

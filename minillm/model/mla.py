@@ -22,6 +22,10 @@ from minillm.config import ModelConfig
 from minillm.model.norm import rms_norm
 from minillm.model.rope import Rotary
 
+# The query and KV latent norms use a fixed eps in DeepSeek's reference (RMSNorm's default) and in
+# transformers' DeepseekV2/V3 (v5), whatever rms_norm_eps says.
+LATENT_NORM_EPS = 1e-6
+
 
 @dataclass
 class AttentionWeights:
@@ -60,58 +64,70 @@ class MLA:
         if w.q is not None:
             q = x @ w.q.T
         else:
-            q = rms_norm(x @ w.q_a.T, w.q_a_norm, cfg.rms_norm_eps) @ w.q_b.T
+            q = rms_norm(x @ w.q_a.T, w.q_a_norm, LATENT_NORM_EPS) @ w.q_b.T
         q = q.reshape(x.shape[0], self.heads, cfg.qk_head_dim)  # (T, H, N + R)
         q_nope = q[..., : cfg.qk_nope_head_dim]
         q_rope = self.rotary.apply(q[..., cfg.qk_nope_head_dim :], positions)
 
         kv = x @ w.kv_a.T  # (T, C + R)
-        latent = rms_norm(kv[:, : cfg.kv_lora_rank], w.kv_a_norm, cfg.rms_norm_eps)
+        latent = rms_norm(kv[:, : cfg.kv_lora_rank], w.kv_a_norm, LATENT_NORM_EPS)
         k_rope = self.rotary.apply(kv[:, cfg.kv_lora_rank :], positions)
         return q_nope, q_rope, np.concatenate([latent, k_rope], axis=-1)
 
-    def attend_naive(self, q_nope, q_rope, entries, positions) -> np.ndarray:
-        """Expand the latents to per-head K and V. entries (S, C + R) -> output (T, H * V)."""
+    def attend_naive(self, q_nope, q_rope, blocks, positions) -> np.ndarray:
+        """Expand the latents to per-head K and V, then attend. Returns (T, H * V)."""
         C = self.config.kv_lora_rank
-        latent, k_rope = entries[:, :C], entries[:, C:]
-        k_nope = np.einsum("sc,hnc->hsn", latent, self.w_uk)  # (H, S, N)
-        values = np.einsum("sc,hvc->hsv", latent, self.w_uv)  # (H, S, V)
-        scores = np.einsum("thn,hsn->hts", q_nope, k_nope)  # (H, T, S)
-        scores += np.einsum("thr,sr->hts", q_rope, k_rope)
-        probs = self._softmax(scores, positions, entries.shape[0])
-        out = np.einsum("hts,hsv->thv", probs, values)  # (T, H, V)
+        scores, values = [], []
+        for keys, _ in blocks:
+            latent, k_rope = keys[:, :C], keys[:, C:]
+            k_nope = np.einsum("sc,hnc->hsn", latent, self.w_uk)  # (H, S, N)
+            values.append(np.einsum("sc,hvc->hsv", latent, self.w_uv))  # (H, S, V)
+            block_scores = np.einsum("thn,hsn->hts", q_nope, k_nope)  # (H, T, S)
+            block_scores += np.einsum("thr,sr->hts", q_rope, k_rope)
+            scores.append(block_scores)
+        probs = self._softmax(scores, blocks, positions)
+        out = sum(np.einsum("hts,hsv->thv", p, v) for p, v in zip(probs, values))  # (T, H, V)
         return out.reshape(out.shape[0], -1) @ self.w.o.T
 
-    def attend_absorbed(self, q_nope, q_rope, entries, positions) -> np.ndarray:
-        """Attend over the latents directly. entries (S, C + R) -> output (T, H * V)."""
+    def attend_absorbed(self, q_nope, q_rope, blocks, positions) -> np.ndarray:
+        """Attend over the latents directly. Returns (T, H * V)."""
         C = self.config.kv_lora_rank
-        latent, k_rope = entries[:, :C], entries[:, C:]
         q_latent = np.einsum("thn,hnc->thc", q_nope, self.w_uk)  # (T, H, C): W_UK absorbed
-        scores = np.einsum("thc,sc->hts", q_latent, latent)  # (H, T, S)
-        scores += np.einsum("thr,sr->hts", q_rope, k_rope)
-        probs = self._softmax(scores, positions, entries.shape[0])
-        mixed = np.einsum("hts,sc->thc", probs, latent)  # (T, H, C)
+        scores = []
+        for keys, _ in blocks:
+            block_scores = np.einsum("thc,sc->hts", q_latent, keys[:, :C])  # (H, T, S)
+            block_scores += np.einsum("thr,sr->hts", q_rope, keys[:, C:])
+            scores.append(block_scores)
+        probs = self._softmax(scores, blocks, positions)
+        mixed = sum(np.einsum("hts,sc->thc", p, keys[:, :C]) for p, (keys, _) in zip(probs, blocks))  # (T, H, C)
         out = np.einsum("thc,hvc->thv", mixed, self.w_uv)  # (T, H, V): W_UV absorbed
         return out.reshape(out.shape[0], -1) @ self.w.o.T
 
-    def _softmax(self, scores: np.ndarray, positions: np.ndarray, num_keys: int) -> np.ndarray:
-        """Scaled, causally masked softmax over keys: query at position p sees keys 0..p."""
-        scores *= self.scale
-        future = np.arange(num_keys)[None, :] > positions[:, None]  # (T, S)
-        scores[:, future] = -np.inf
-        scores -= scores.max(axis=-1, keepdims=True)  # max-subtraction keeps exp finite
-        np.exp(scores, out=scores)
-        scores /= scores.sum(axis=-1, keepdims=True)
-        return scores
+    def _softmax(self, scores: list[np.ndarray], blocks, positions: np.ndarray) -> list[np.ndarray]:
+        """Scaled, causally masked softmax over the keys of all blocks together: a query at position
+        p attends to keys at positions 0..p. Returns one probability array per block."""
+        for block_scores, (keys, key_positions) in zip(scores, blocks):
+            if key_positions is None:
+                key_positions = np.arange(keys.shape[0])
+            block_scores *= self.scale
+            future = key_positions[None, :] > positions[:, None]  # (T, S)
+            block_scores[:, future] = -np.inf
+        joined = scores[0] if len(scores) == 1 else np.concatenate(scores, axis=-1)
+        joined -= joined.max(axis=-1, keepdims=True)  # max-subtraction keeps exp finite
+        np.exp(joined, out=joined)
+        joined /= joined.sum(axis=-1, keepdims=True)
+        if len(scores) == 1:
+            return [joined]
+        return np.split(joined, np.cumsum([s.shape[-1] for s in scores])[:-1], axis=-1)
 
     def forward(self, x: np.ndarray, positions: np.ndarray, cache=None, absorbed: bool = False) -> np.ndarray:
         """x (T, D) at `positions` (T,) -> (T, D).
 
         Without a cache the T tokens attend to each other only (positions must then start at 0).
-        With a cache (an object with `append(entries)` returning all entries so far), the new
-        entries are stored first and the queries attend over every cached position.
+        With a cache, `cache.append(entries)` stores the new entries and returns every cached key
+        as blocks [(entries (S_i, C + R), positions (S_i,) or None for 0..S_i-1)].
         """
         q_nope, q_rope, entries = self.project(x, positions)
-        keys = entries if cache is None else cache.append(entries)
+        blocks = [(entries, None)] if cache is None else cache.append(entries)
         attend = self.attend_absorbed if absorbed else self.attend_naive
-        return attend(q_nope, q_rope, keys, positions)
+        return attend(q_nope, q_rope, blocks, positions)

@@ -26,9 +26,7 @@ from minillm.model.norm import silu, swiglu
 @dataclass
 class MoEWeights:
     gate: np.ndarray  # (E, D) router
-    w_gate: np.ndarray  # (E, F, D)
-    w_up: np.ndarray  # (E, F, D)
-    w_down: np.ndarray  # (E, D, F)
+    experts: object  # .get(e) -> gate (F, D), up (F, D), down (D, F): resident or streamed
     bias: np.ndarray | None = None  # (E,) e_score_correction_bias, noaux_tc only
     shared_gate: np.ndarray | None = None  # (S * F, D), S shared experts fused into one FFN
     shared_up: np.ndarray | None = None
@@ -79,8 +77,9 @@ def run_experts(w: MoEWeights, x: np.ndarray, indices: np.ndarray, weights: np.n
     out = np.zeros_like(x)
     for expert in np.unique(indices):
         tokens, slot = np.nonzero(indices == expert)
-        hidden = silu(x[tokens] @ w.w_gate[expert].T) * (x[tokens] @ w.w_up[expert].T)  # (t, F)
-        out[tokens] += (hidden @ w.w_down[expert].T) * weights[tokens, slot][:, None]
+        w_gate, w_up, w_down = w.experts.get(int(expert))
+        hidden = silu(x[tokens] @ w_gate.T) * (x[tokens] @ w_up.T)  # (t, F)
+        out[tokens] += (hidden @ w_down.T) * weights[tokens, slot][:, None]
     return out
 
 
@@ -89,7 +88,7 @@ def run_experts_reference(w: MoEWeights, x: np.ndarray, indices: np.ndarray, wei
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
         for slot, expert in enumerate(indices[t]):
-            y = swiglu(x[t : t + 1], w.w_gate[expert], w.w_up[expert], w.w_down[expert])
+            y = swiglu(x[t : t + 1], *w.experts.get(int(expert)))
             out[t] += weights[t, slot] * y[0]
     return out
 
