@@ -13,10 +13,13 @@ from pathlib import Path
 
 from minillm.config import ModelConfig
 from minillm.engine.llm import LLM, GenerationStats
-from minillm.errors import CheckpointError, ConfigError, GenerationError, MiniLLMError, TokenizerError
+from minillm.errors import (CheckpointError, ConfigError, GenerationError, MemoryConfigError, MiniLLMError,
+                            TokenizerError)
+from minillm.memory.tiers import MemoryConfig
 
 __all__ = ["load", "LLM", "ModelConfig", "GenerationStats", "MiniLLMError", "ConfigError",
-           "CheckpointError", "TokenizerError", "GenerationError", "DEFAULT_MODEL_DIR"]
+           "CheckpointError", "TokenizerError", "GenerationError", "MemoryConfigError", "MemoryConfig",
+           "DEFAULT_MODEL_DIR"]
 __version__ = "0.1.0"
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())
@@ -24,11 +27,20 @@ logging.getLogger(__name__).addHandler(logging.NullHandler())
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "minillm-tiny"
 
 
-def load(path: str | Path | None = None) -> LLM:
+def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: str | int | None = None,
+         ssd: str | int | None = None, cache_dir: str | Path | None = None, page_tokens: int = 64,
+         prefix_cache: bool = True) -> LLM:
     """Load a checkpoint directory (config.json, safetensors, tokenizer.json); None loads the
-    default model shipped in weights/."""
+    default model shipped in weights/.
+
+    hbm, dram, ssd: tier budgets in bytes or as text like "64MiB" (None keeps the default).
+    cache_dir: where the ssd tier keeps its files (default $MINILLM_CACHE_DIR or ~/.cache/minillm).
+    page_tokens: tokens per KV page. prefix_cache: reuse and store prompt pages on the ssd tier.
+    """
     path = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if not path.is_dir():
         hint = "; the default model ships in weights/ of a source checkout" if path == DEFAULT_MODEL_DIR else ""
         raise ConfigError(f"model directory not found: {path}{hint}")
-    return LLM.from_directory(path)
+    memory = MemoryConfig.from_strings(hbm, dram, ssd, cache_dir=Path(cache_dir) if cache_dir else None,
+                                       page_tokens=page_tokens, prefix_cache=prefix_cache)
+    return LLM.from_directory(path, memory)

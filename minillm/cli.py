@@ -9,7 +9,10 @@ import sys
 from pathlib import Path
 
 import minillm
+from minillm.engine.memory_plan import default_cache_dir
 from minillm.engine.perplexity import perplexity
+from minillm.memory import prefix_cache
+from minillm.memory.sizes import format_size
 from minillm.errors import MiniLLMError
 from minillm.kvcalc import cli as kv_calc_cli
 
@@ -53,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--draft-tokens", type=_positive_int, default=1,
                      help="MTP draft tokens per verification step (default 1)")
     gen.add_argument("--stats", action="store_true",
-                     help="print timing and token counts as one JSON object on the last line of stderr")
+                     help="print timing, token counts and the memory tiers as one JSON object on the last line of stderr")
+    gen.add_argument("--stats-every", type=_positive_int, default=0, metavar="N",
+                     help="also write a JSON line of statistics to stderr every N generated tokens")
+    _add_memory_flags(gen)
 
     ppl = commands.add_parser("perplexity", help="mean loss and perplexity of the model on text files")
     ppl.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the model in weights/)")
@@ -61,27 +67,79 @@ def build_parser() -> argparse.ArgumentParser:
                      help="tokens per scored window (default: the model's trained context length)")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
     ppl.add_argument("files", nargs="+", type=Path, help="UTF-8 text files")
+    _add_memory_flags(ppl)
+
+    cache = commands.add_parser("cache", help="list or clear the persistent prefix cache")
+    cache.add_argument("action", choices=("list", "clear"))
+    cache.add_argument("--cache-dir", type=Path, default=None,
+                       help="cache directory (default: $MINILLM_CACHE_DIR, else ~/.cache/minillm)")
 
     kv_calc_cli.add_parser(commands)
     return parser
 
 
+def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
+    tiers = parser.add_argument_group("memory tiers (sizes like 64MiB, 2GB or 4096)")
+    tiers.add_argument("--hbm", default=None, help="budget of the hot tier: pinned weights, experts, KV pages "
+                                                   "(default 512MiB)")
+    tiers.add_argument("--dram", default=None, help="budget of the host tier: the mapped checkpoint, warm KV "
+                                                    "pages (default 2GiB)")
+    tiers.add_argument("--ssd", default=None, help="budget of the disk tier: spilled KV pages and the prefix "
+                                                   "cache (default 4GiB)")
+    tiers.add_argument("--cache-dir", type=Path, default=None,
+                       help="directory of the ssd tier (default: $MINILLM_CACHE_DIR, else ~/.cache/minillm)")
+    tiers.add_argument("--page-tokens", type=_positive_int, default=64, help="tokens per KV page (default 64)")
+    tiers.add_argument("--no-prefix-cache", action="store_true", help="neither read nor write cached prompt pages")
+
+
+def _load(args: argparse.Namespace) -> minillm.LLM:
+    return minillm.load(args.model, hbm=args.hbm, dram=args.dram, ssd=args.ssd, cache_dir=args.cache_dir,
+                        page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache)
+
+
+def final_stats(model: minillm.LLM) -> dict:
+    """The --stats object: this generation's counters over the last snapshot of the tiers."""
+    return {**model.last_snapshot, **model.last_stats.to_dict()}
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
-    model = minillm.load(args.model)
+    model = _load(args)
+    every = args.stats_every
+
+    def report(snapshot: dict) -> None:
+        if every and snapshot["generation"]["generated_tokens"] % every == 0:
+            print(json.dumps(snapshot), file=sys.stderr, flush=True)
+
     for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                speculative=args.speculative, draft_tokens=args.draft_tokens):
+                                speculative=args.speculative, draft_tokens=args.draft_tokens, on_snapshot=report):
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     if args.stats:
-        print(json.dumps(model.last_stats.to_dict()), file=sys.stderr)
+        stats = final_stats(model)
+        stats.pop("generation", None)
+        print(json.dumps(stats), file=sys.stderr)
+    return 0
+
+
+def cmd_cache(args: argparse.Namespace) -> int:
+    directory = args.cache_dir or default_cache_dir()
+    if args.action == "clear":
+        removed = prefix_cache.clear(directory)
+        print(f"removed {removed} files from {directory / 'prefix'}")
+        return 0
+    rows = prefix_cache.list_entries(directory)
+    if not rows:
+        print(f"the prefix cache in {directory / 'prefix'} is empty")
+    for row in rows:
+        print(f"model {row['model']}: {row['pages']} pages, {format_size(row['bytes'])}")
     return 0
 
 
 def cmd_perplexity(args: argparse.Namespace) -> int:
-    model = minillm.load(args.model)
+    model = _load(args)
     texts = []
     for path in args.files:
         try:
@@ -101,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, kv_calc_cli.COMMAND: kv_calc_cli.run}
+    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, "cache": cmd_cache,
+                kv_calc_cli.COMMAND: kv_calc_cli.run}
     try:
         return handlers[args.command](args)
     except MiniLLMError as exc:

@@ -96,6 +96,10 @@ class LLM:
         self.last_snapshot: dict = {}
         mtp = transformer.weights.mtp
         self.mtp = MTP(config, mtp[0], transformer) if mtp else None
+        self.moe_layers = [i for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
+        self.routing_counts = np.zeros((len(self.moe_layers), config.n_routed_experts or 0), dtype=np.int64)
+        self._kv: PagedKVCache | None = None  # the running generation's cache, for snapshots
+        transformer.observer = self._count_routing
         self.set_memory(memory)
 
     @classmethod
@@ -202,8 +206,22 @@ class LLM:
         return Prefill(hidden, start, self.transformer.logits(hidden[-1:])[0])
 
     def snapshot(self) -> dict:
-        """Statistics now: every tier's budget, use and traffic, plus this generation's counters."""
-        return {**self.memory.snapshot(), "generation": self.last_stats.to_dict()}
+        """Statistics now: every tier's budget, use and traffic, plus this generation's counters.
+
+        Keys: tiers, pages, the event counters of MemoryHierarchy, page_map (one letter per KV page:
+        h, d or s), page_tokens, experts_resident ([layer, expert] pairs in hbm), routing (tokens
+        routed to each expert in this generation, per MoE layer) and generation (GenerationStats)."""
+        return {**self.memory.snapshot(),
+                "page_map": self._kv.page_map() if self._kv is not None else "",
+                "page_tokens": self.memory.config.page_tokens,
+                "experts_resident": [list(key) for key in self.expert_cache.residency()],
+                "routing": {"layers": self.moe_layers, "counts": self.routing_counts.tolist()},
+                "generation": self.last_stats.to_dict()}
+
+    def _count_routing(self, layer: int, output) -> None:
+        if output.expert_indices is not None:
+            row = self.moe_layers.index(layer)
+            np.add.at(self.routing_counts[row], output.expert_indices.reshape(-1), 1)
 
     def resolve_speculative(self, speculative: str) -> str:
         """"auto" becomes "mtp" when the checkpoint stores an MTP module, else "none"."""
@@ -251,7 +269,8 @@ class LLM:
 
         started = time.perf_counter()
         hits_before = self.memory.counters["prefix_cache_hit_tokens"]
-        kv = self.plan.new_kv_cache(self.config.num_hidden_layers, self.config.latent_dim)
+        kv = self._kv = self.plan.new_kv_cache(self.config.num_hidden_layers, self.config.latent_dim)
+        self.routing_counts[:] = 0
         try:
             caches = [kv.layer_view(layer) for layer in range(self.config.num_hidden_layers)]
             prefill = self._prefill(ids, kv, caches)
@@ -280,6 +299,7 @@ class LLM:
                     return
         finally:
             kv.close()
+            self._kv = None
 
     def generate(self, prompt: str | Sequence[int], max_new_tokens: int = 128, temperature: float = 0.8,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, speculative: str = "auto",

@@ -261,6 +261,11 @@ class PagedKVCache:
                 self._staged[layer] = (-1, staged[1])
             self.version += 1
 
+    def page_map(self) -> str:
+        """One letter per page in position order: h (hbm), d (dram) or s (ssd)."""
+        with self._lock:
+            return "".join(tier[0] for tier in self.tier)
+
     def layer_view(self, layer: int) -> LayerView:
         return LayerView(self, layer)
 

@@ -69,6 +69,7 @@ class Transformer:
         self.weights = weights
         self.rotary = Rotary(config.rope, config.qk_rope_head_dim)
         self.attention = [MLA(config, layer.attention, self.rotary) for layer in weights.layers]
+        self.observer = None  # default `observe` for hidden_states: statistics and tracing hook in here
 
     def block(self, index: int, layer: LayerWeights, attention: MLA, h: np.ndarray, positions: np.ndarray,
               cache=None, absorbed: bool = False) -> tuple[np.ndarray, LayerOutput]:
@@ -88,6 +89,7 @@ class Transformer:
         `caches` is None (no cache: the ids are the whole sequence) or one cache per layer.
         `observe(layer_index, LayerOutput)` is called after each layer when given.
         """
+        observe = observe or self.observer
         h = self.weights.embed[ids]  # (T, D)
         for i, layer in enumerate(self.weights.layers):
             cache = None if caches is None else caches[i]
