@@ -29,18 +29,20 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "minill
 
 def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: str | int | None = None,
          ssd: str | int | None = None, cache_dir: str | Path | None = None, page_tokens: int = 64,
-         prefix_cache: bool = True) -> LLM:
+         prefix_cache: bool = True, hbm_kv: str | int | None = None) -> LLM:
     """Load a checkpoint directory (config.json, safetensors, tokenizer.json); None loads the
     default model shipped in weights/.
 
     hbm, dram, ssd: tier budgets in bytes or as text like "64MiB" (None keeps the default).
     cache_dir: where the ssd tier keeps its files (default $MINILLM_CACHE_DIR or ~/.cache/minillm).
     page_tokens: tokens per KV page. prefix_cache: reuse and store prompt pages on the ssd tier.
+    hbm_kv: the part of the hbm budget for KV pages (default: half of what the pinned weights leave,
+    or more when the experts need less).
     """
     path = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if not path.is_dir():
         hint = "; the default model ships in weights/ of a source checkout" if path == DEFAULT_MODEL_DIR else ""
         raise ConfigError(f"model directory not found: {path}{hint}")
-    memory = MemoryConfig.from_strings(hbm, dram, ssd, cache_dir=Path(cache_dir) if cache_dir else None,
+    memory = MemoryConfig.from_strings(hbm, dram, ssd, hbm_kv, cache_dir=Path(cache_dir) if cache_dir else None,
                                        page_tokens=page_tokens, prefix_cache=prefix_cache)
     return LLM.from_directory(path, memory)

@@ -86,6 +86,8 @@ def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
                                                     "pages (default 2GiB)")
     tiers.add_argument("--ssd", default=None, help="budget of the disk tier: spilled KV pages and the prefix "
                                                    "cache (default 4GiB)")
+    tiers.add_argument("--hbm-kv", default=None, help="part of --hbm for KV pages (default: what is left after "
+                                                      "the pinned weights and up to half of the rest for experts)")
     tiers.add_argument("--cache-dir", type=Path, default=None,
                        help="directory of the ssd tier (default: $MINILLM_CACHE_DIR, else ~/.cache/minillm)")
     tiers.add_argument("--page-tokens", type=_positive_int, default=64, help="tokens per KV page (default 64)")
@@ -94,7 +96,7 @@ def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> minillm.LLM:
     return minillm.load(args.model, hbm=args.hbm, dram=args.dram, ssd=args.ssd, cache_dir=args.cache_dir,
-                        page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache)
+                        page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache, hbm_kv=args.hbm_kv)
 
 
 def final_stats(model: minillm.LLM) -> dict:

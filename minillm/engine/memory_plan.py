@@ -1,9 +1,9 @@
 """Lays a loaded model out over the memory tiers and sizes each budget's share.
 
 - dram holds the memory-mapped checkpoint (its file bytes, as stored).
-- hbm holds the pinned weights first (everything but the routed experts, as float32); of what
-  remains, the expert cache may use up to half (or less, when all experts fit in less), and KV
-  pages get the rest.
+- hbm holds the pinned weights first (everything but the routed experts, as float32). Of what
+  remains, KV pages get `hbm_kv` bytes when it is set and the expert cache the rest (at most what
+  all experts need); otherwise the expert cache may use up to half and KV pages get the rest.
 - ssd holds spilled KV pages and the persistent prefix cache, under the cache directory.
 """
 
@@ -78,7 +78,11 @@ def plan_memory(config: MemoryConfig, model_config: ModelConfig, model_dir: Path
     memory.require("hbm", "weights", pinned_bytes(weights), "the pinned weights (all but the routed experts)")
 
     remaining = memory.tiers["hbm"].free_bytes
-    expert_budget = min(expert_bytes(model_config), remaining // 2)
+    if config.hbm_kv is not None:
+        expert_budget = max(0, min(expert_bytes(model_config), remaining - config.hbm_kv))
+        remaining = min(remaining, config.hbm_kv + expert_budget)
+    else:
+        expert_budget = min(expert_bytes(model_config), remaining // 2)
     if expert_cache is not None:
         expert_cache.memory, expert_cache.resident, expert_cache.used = memory, type(expert_cache.resident)(), 0
         expert_cache.budget = expert_budget

@@ -29,15 +29,18 @@ class MemoryConfig:
     ssd: int = 4 * 1024**3
     cache_dir: Path | None = None  # None: $MINILLM_CACHE_DIR, else ~/.cache/minillm
     page_tokens: int = 64
+    hbm_kv: int | None = None  # hbm bytes for KV pages; None: what is left once experts take their share
     prefix_cache: bool = True
     prefetch: bool = True
 
     @classmethod
-    def from_strings(cls, hbm=None, dram=None, ssd=None, **kwargs) -> MemoryConfig:
+    def from_strings(cls, hbm=None, dram=None, ssd=None, hbm_kv=None, **kwargs) -> MemoryConfig:
         """Build from user text such as hbm="64MiB"; None keeps the default."""
         defaults = cls()
         sizes = {name: parse_size(value, f"--{name} budget") if value is not None else getattr(defaults, name)
                  for name, value in (("hbm", hbm), ("dram", dram), ("ssd", ssd))}
+        if hbm_kv is not None:
+            sizes["hbm_kv"] = parse_size(hbm_kv, "--hbm-kv budget")
         return cls(**sizes, **kwargs)
 
     def __post_init__(self) -> None:
