@@ -270,6 +270,22 @@ def test_matches_engine_cache(tmp_path):
     assert report.layers == len(caches)
 
 
+def test_matches_memory_hierarchy_statistics(tmp_path):
+    """Bytes per token the tiers account for KV pages, summed over hbm, dram and ssd."""
+    directory = write_checkpoint(tmp_path / "tiny")
+    page_tokens = 4
+    model = minillm.load(directory, cache_dir=tmp_path / "cache", page_tokens=page_tokens, prefix_cache=False)
+    snapshots = []
+    list(model.generate_ids([0, 5, 9, 17, 33, 2, 8, 4], max_new_tokens=9, temperature=0, stop_at_eos=False,
+                            on_snapshot=snapshots.append))
+    last = snapshots[-1]
+    kv_bytes = sum(tier["used_by_kind"]["kv"] for tier in last["tiers"].values())
+    pages = sum(last["pages"].values())
+    assert pages == len(last["page_map"]) == 4  # 8 prompt + 8 fed-back tokens in pages of 4
+    report = kv_cache_size(directory, 1, kv_bytes=4)
+    assert report.bytes_per_token == kv_bytes / (pages * page_tokens)
+
+
 # The command line
 
 def run_cli(*args):
