@@ -1,0 +1,93 @@
+"""Benchmark MTP speculative decoding against plain decoding, side by side in one run.
+
+Prompts are passages of the held-out validation books. Every prompt is decoded greedily with
+speculative "none" and with MTP at k = 1, 2, 3 draft tokens, the cases interleaved per prompt so
+machine noise hits them alike. Reports decode tokens/s, speedup, acceptance rate and tokens per
+forward pass.
+
+Usage: python tools/bench_speculative.py [--model DIR] [--text FILE ...] [--prompts 8] [-n 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import minillm  # noqa: E402
+
+CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/gutenberg_children"
+HELD_OUT = [CORPUS / "pg00289_the_wind_in_the_willows.txt", CORPUS / "pg00778_five_children_and_it.txt"]
+CASES = [("none", 1), ("mtp", 1), ("mtp", 2), ("mtp", 3)]
+
+
+def passages(model, texts: list[str], count: int, length: int, seed: int) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    ids = [model.tokenizer.encode(text, add_bos=False) for text in texts]
+    prompts = []
+    for i in range(count):
+        book = ids[i % len(ids)]
+        start = int(rng.integers(1000, len(book) - length - 1000))  # skip front and back matter
+        prompts.append([model.tokenizer.bos_id] + book[start : start + length])
+    return prompts
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, default=minillm.DEFAULT_MODEL_DIR)
+    parser.add_argument("--text", type=Path, nargs="+", default=HELD_OUT)
+    parser.add_argument("--prompts", type=int, default=8)
+    parser.add_argument("--prompt-tokens", type=int, default=64)
+    parser.add_argument("-n", "--new-tokens", type=int, default=128)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+
+    model = minillm.load(args.model, prefix_cache=False)
+    prompts = passages(model, [p.read_text(encoding="utf-8") for p in args.text], args.prompts,
+                       args.prompt_tokens, seed=0)
+    list(model.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
+    totals = {case: {"tokens": 0, "seconds": 0.0, "drafts": 0, "accepted": 0, "forwards": 0} for case in CASES}
+    for prompt in prompts:
+        outputs = {}
+        for case in CASES:
+            mode, k = case
+            ids = list(model.generate_ids(prompt, max_new_tokens=args.new_tokens, temperature=0, stop_at_eos=False,
+                                          speculative=mode, draft_tokens=k))
+            stats = model.last_stats
+            outputs[case] = ids
+            t = totals[case]
+            t["tokens"] += stats.generated_tokens - 1
+            t["seconds"] += stats.decode_seconds
+            t["drafts"] += stats.draft_tokens
+            t["accepted"] += stats.accepted_tokens
+            t["forwards"] += stats.verify_forwards
+        if any(outputs[case] != outputs[CASES[0]] for case in CASES):
+            raise SystemExit("speculative output differs from plain greedy decoding")
+
+    base = totals[CASES[0]]["tokens"] / totals[CASES[0]]["seconds"]
+    rows = []
+    for case, t in totals.items():
+        speed = t["tokens"] / t["seconds"]
+        rows.append({"speculative": case[0], "draft_tokens": case[1] if case[0] == "mtp" else 0,
+                     "decode_tokens_per_second": speed, "speedup": speed / base,
+                     "acceptance_rate": t["accepted"] / t["drafts"] if t["drafts"] else None,
+                     "tokens_per_forward": t["tokens"] / t["forwards"]})
+        label = "none" if case[0] == "none" else f"mtp k={case[1]}"
+        acceptance = f"{rows[-1]['acceptance_rate']:.3f}" if t["drafts"] else "-"
+        print(f"{label:9s} {speed:8.1f} tokens/s  {speed / base:5.2f}x  acceptance {acceptance}  "
+              f"tokens/forward {rows[-1]['tokens_per_forward']:.2f}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps({"machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
+                                         "prompts": args.prompts, "new_tokens": args.new_tokens, "rows": rows},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
