@@ -1,8 +1,8 @@
 """Perplexity of a model on text: mean next-token cross-entropy over fixed windows.
 
-Each text is tokenized whole (with BOS when the tokenizer adds one), cut into consecutive
-non-overlapping windows of `context` tokens, and every window is scored on its own, predicting
-tokens 1..n-1 from the ones before. Windows of a single token score nothing.
+Each text is tokenized whole (without BOS) and cut into consecutive windows of `context - 1`
+tokens. Each window is scored on its own with BOS in front (when the tokenizer has one), as the
+training tool's validation does, so every token of the text is predicted exactly once.
 """
 
 from __future__ import annotations
@@ -46,20 +46,27 @@ def window_loss(logits: np.ndarray, targets: np.ndarray) -> float:
     return float(np.sum(log_norm - shifted[np.arange(targets.size), targets]))
 
 
+def text_windows(tokenizer, texts: list[str], context: int):
+    """Yield the scored windows (at most `context` ids each, BOS first when there is one)."""
+    bos = [tokenizer.bos_id] if tokenizer.bos_id is not None else []
+    step = context - len(bos)
+    for text in texts:
+        ids = tokenizer.encode(text, add_bos=False)
+        for start in range(0, len(ids), step):
+            window = np.asarray(bos + ids[start : start + step], dtype=np.int64)
+            if window.size >= 2:
+                yield window
+
+
 def perplexity(model, texts: list[str], context: int | None = None) -> PerplexityResult:
     context = context or default_context(model.config)
     if context < 2 or context > model.config.max_position_embeddings:
         raise GenerationError(f"invalid context {context}: use 2..{model.config.max_position_embeddings} tokens")
     result = PerplexityResult(0, 0.0)
-    for text in texts:
-        ids = np.asarray(model.tokenizer.encode(text), dtype=np.int64)
-        for start in range(0, ids.size, context):
-            window = ids[start : start + context]
-            if window.size < 2:
-                continue
-            logits = model.logits(window)
-            result.total_loss += window_loss(logits[:-1], window[1:])
-            result.tokens += window.size - 1
+    for windows in text_windows(model.tokenizer, texts, context):
+        logits = model.logits(windows)
+        result.total_loss += window_loss(logits[:-1], windows[1:])
+        result.tokens += windows.size - 1
     if result.tokens == 0:
         raise GenerationError("the text files hold fewer than two tokens: nothing to score")
     return result
