@@ -1,7 +1,8 @@
-"""LLM: a loaded checkpoint with its tokenizer, and the prefill -> decode -> sample loop.
+"""LLM: a loaded checkpoint with its tokenizer, its memory plan, and the generation loop.
 
-Prefill runs the naive MLA path over the whole prompt and fills the latent cache; each decode
-step runs the absorbed path for one token over the cache.
+Prefill loads cached prefix pages, then runs the naive MLA path over the rest of the prompt in
+page-aligned chunks, filling the paged latent cache. Each decode step runs the absorbed path over
+the cache, for one token or, with MTP speculative decoding, for the pending token plus its drafts.
 """
 
 from __future__ import annotations
