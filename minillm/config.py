@@ -178,18 +178,23 @@ class ModelConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> ModelConfig:
-        path = Path(path)
-        if path.is_dir():
-            path = path / "config.json"
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}; a checkpoint directory needs config.json")
-        try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc}); restore the file from the checkpoint") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a JSON object, found {type(raw).__name__}")
-        return _parse_config(raw)
+        return _parse_config(read_config_json(path))
+
+
+def read_config_json(path: str | Path) -> dict[str, Any]:
+    """Read config.json (or a checkpoint directory's config.json) as a dict, with clear errors."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "config.json"
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}; a checkpoint directory needs config.json")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path} is not valid JSON ({exc}); restore the file from the checkpoint") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a JSON object, found {type(raw).__name__}")
+    return raw
 
 
 def yarn_mscale(factor: float, mscale: float = 1.0) -> float:

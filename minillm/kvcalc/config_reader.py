@@ -7,11 +7,11 @@ published config.json files and transformers' config classes of the same model_t
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
+from minillm.config import read_config_json
 from minillm.errors import ConfigError
 from minillm.kvcalc.formulas import (LayerKind, csa_layer, gqa_layer, hca_layer, mha_layer, mla_layer,
                                      sliding_layer)
@@ -39,15 +39,8 @@ def read_config_file(path: str | os.PathLike) -> ModelSpec:
     """Read a checkpoint directory's config.json (or a config.json file) into a ModelSpec."""
     path = Path(path)
     directory = path if path.is_dir() else path.parent
-    if path.is_dir():
-        path = path / "config.json"
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}; a checkpoint directory needs config.json")
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path} is not valid JSON ({exc}); restore the file from the checkpoint") from None
-    return spec_from_config(raw, name=directory.resolve().name, source=str(path))
+    raw = read_config_json(path)
+    return spec_from_config(raw, name=directory.resolve().name, source=str(path if path.is_file() else path / "config.json"))
 
 
 def spec_from_config(raw: Any, name: str | None = None, source: str = "") -> ModelSpec:
