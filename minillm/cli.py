@@ -74,6 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--cache-dir", type=Path, default=None,
                        help="cache directory (default: $MINILLM_CACHE_DIR, else ~/.cache/minillm)")
 
+    tui = commands.add_parser("tui", help="interactive terminal UI: generate while the memory tiers update live")
+    tui.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the model in weights/)")
+    _add_memory_flags(tui)
+
     kv_calc_cli.add_parser(commands)
     return parser
 
@@ -157,11 +161,17 @@ def cmd_perplexity(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tui(args: argparse.Namespace) -> int:
+    from tui.app import run_app  # imported here so that the engine and other commands never load textual
+
+    return run_app(_load(args))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, "cache": cmd_cache,
+    handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, "cache": cmd_cache, "tui": cmd_tui,
                 kv_calc_cli.COMMAND: kv_calc_cli.run}
     try:
         return handlers[args.command](args)

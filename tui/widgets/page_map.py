@@ -1,0 +1,36 @@
+"""The KV page map: one cell per page of the running sequence, coloured by the tier it is in."""
+
+from __future__ import annotations
+
+from rich.text import Text
+from textual.widget import Widget
+
+TIER_STYLES = {"h": ("hbm", "green"), "d": ("dram", "yellow"), "s": ("ssd", "dodger_blue1")}
+
+
+class PageMap(Widget):
+    """Cells in token order, wrapped to the widget's width; page i covers tokens i*P .. i*P+P-1."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.page_map = ""
+        self.page_tokens = 0
+
+    def update_map(self, page_map: str, page_tokens: int) -> None:
+        self.page_map, self.page_tokens = page_map, page_tokens
+        self.border_subtitle = f"{page_tokens} tokens per page" if page_tokens else ""
+        self.refresh(layout=True)
+
+    def render(self) -> Text:
+        text = Text()
+        for letter, (name, style) in TIER_STYLES.items():
+            text.append("■ ", style=style)
+            text.append(f"{name} {self.page_map.count(letter)}  ")
+        width = max(1, self.content_region.width or self.size.width or 40)
+        if not self.page_map:
+            text.append("\nno KV pages: start a generation", style="dim")
+        for start in range(0, len(self.page_map), width):
+            text.append("\n")
+            for letter in self.page_map[start:start + width]:
+                text.append("▌", style=TIER_STYLES.get(letter, ("", "red"))[1])
+        return text
