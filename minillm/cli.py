@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import minillm
 from minillm.engine.memory_plan import default_cache_dir
 from minillm.engine.perplexity import perplexity
+from minillm.engine.trace import Tracer
 from minillm.memory import prefix_cache
 from minillm.memory.sizes import format_size
 from minillm.errors import MiniLLMError
@@ -59,6 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="print timing, token counts and the memory tiers as one JSON object on the last line of stderr")
     gen.add_argument("--stats-every", type=_positive_int, default=0, metavar="N",
                      help="also write a JSON line of statistics to stderr every N generated tokens")
+    gen.add_argument("--trace", type=_positive_int, nargs="?", const=1, default=None, metavar="N",
+                     help="write a per-layer trace of the first N generated tokens to stderr (N defaults to 1)")
+    gen.add_argument("--trace-file", type=Path, default=None, metavar="PATH",
+                     help="write the trace to this file instead of stderr (implies --trace 1 unless --trace is given)")
     _add_memory_flags(gen)
 
     ppl = commands.add_parser("perplexity", help="mean loss and perplexity of the model on text files")
@@ -116,11 +122,13 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if every and snapshot["generation"]["generated_tokens"] % every == 0:
             print(json.dumps(snapshot), file=sys.stderr, flush=True)
 
-    for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                speculative=args.speculative, draft_tokens=args.draft_tokens, on_snapshot=report):
-        sys.stdout.write(piece)
-        sys.stdout.flush()
+    with _tracing(model, args):
+        for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                    speculative=args.speculative, draft_tokens=args.draft_tokens,
+                                    on_snapshot=report):
+            sys.stdout.write(piece)
+            sys.stdout.flush()
     sys.stdout.write("\n")
     sys.stdout.flush()
     if args.stats:
@@ -128,6 +136,27 @@ def cmd_generate(args: argparse.Namespace) -> int:
         stats.pop("generation", None)
         print(json.dumps(stats), file=sys.stderr)
     return 0
+
+
+@contextlib.contextmanager
+def _tracing(model: minillm.LLM, args: argparse.Namespace):
+    """Attach a Tracer for --trace / --trace-file around the generation; otherwise do nothing."""
+    tokens = args.trace if args.trace is not None else (1 if args.trace_file is not None else 0)
+    if tokens == 0:
+        yield
+        return
+    try:
+        stream = open(args.trace_file, "w", encoding="utf-8") if args.trace_file is not None else sys.stderr
+    except OSError as exc:
+        raise MiniLLMError(f"cannot write the trace file {args.trace_file}: {exc.strerror}") from None
+    tracer = Tracer(model, stream, tokens)
+    tracer.start(args.prompt)
+    try:
+        yield
+    finally:
+        tracer.stop()
+        if stream is not sys.stderr:
+            stream.close()
 
 
 def cmd_cache(args: argparse.Namespace) -> int:

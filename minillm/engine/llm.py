@@ -101,6 +101,7 @@ class LLM:
         self.routing_counts = np.zeros((len(self.moe_layers), config.n_routed_experts or 0), dtype=np.int64)
         self._kv: PagedKVCache | None = None  # the running generation's cache, for snapshots
         transformer.observer = self._count_routing
+        self.tracer = None  # a minillm.engine.trace.Tracer while one is attached: told each token and verification
         self.set_memory(memory)
 
     @classmethod
@@ -277,7 +278,8 @@ class LLM:
             prefill = self._prefill(ids, kv, caches)
             stats.prefix_cache_hit_tokens = self.memory.counters["prefix_cache_hit_tokens"] - hits_before
             if mode == "mtp":
-                decoder = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats)
+                decoder = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats,
+                                             on_verify=self.tracer.on_verify if self.tracer is not None else None)
                 tokens = decoder.run(ids, prefill, caches, limit)
             else:
                 tokens = self._plain_tokens(prefill, caches, limit, sampler, stats)
@@ -288,6 +290,8 @@ class LLM:
                     stats.prefill_seconds, decode_started = now - started, now
                 stats.generated_tokens += 1
                 stats.decode_seconds = now - decode_started
+                if self.tracer is not None:
+                    self.tracer.on_token(token)
                 self.last_snapshot = self.snapshot()
                 if on_snapshot is not None:
                     on_snapshot(self.last_snapshot)

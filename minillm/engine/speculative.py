@@ -40,13 +40,16 @@ def accept_draft(p: np.ndarray, q: np.ndarray, draft: int, rng: np.random.Genera
 class SpeculativeDecoder:
     """Generates token ids after a prompt, k draft tokens per verification step."""
 
-    def __init__(self, llm, mtp, sampler: Sampler, draft_tokens: int, stats):
+    def __init__(self, llm, mtp, sampler: Sampler, draft_tokens: int, stats, on_verify=None):
         self.llm = llm
         self.mtp = mtp
         self.sampler = sampler
         self.k = draft_tokens
         self.stats = stats
         self.greedy = sampler.params.greedy
+        # Tracing: on_verify(position, drafts, accepted, token, target_logits) after each verification,
+        # where position is the pending token's and target_logits (k+1, V) the main model's.
+        self.on_verify = on_verify
 
     def _draw(self, logits: np.ndarray) -> tuple[int, np.ndarray | None]:
         """Pick a token from logits (V,); also return its distribution when sampling."""
@@ -108,7 +111,10 @@ class SpeculativeDecoder:
 
             verify_ids = np.array([token] + drafts)
             hidden = transformer.hidden_states(verify_ids, np.arange(n, n + k + 1), caches, absorbed=True)
-            accepted, token = self._verify(drafts, dists, transformer.logits(hidden))
+            target_logits = transformer.logits(hidden)
+            accepted, token = self._verify(drafts, dists, target_logits)
+            if self.on_verify is not None:
+                self.on_verify(n, drafts, accepted, token, target_logits)
             self.stats.draft_tokens += k
             self.stats.accepted_tokens += accepted
             self.stats.verify_forwards += 1

@@ -57,6 +57,11 @@ class MLA:
         self.heads = config.num_attention_heads
         self.scale = config.softmax_scale
         self.w_uk, self.w_uv = weights.split_kv_b(self.heads, config.qk_nope_head_dim, config.v_head_dim)
+        # Tracing (minillm/engine/trace.py): while `trace` is true, each forward call stores references
+        # to its cache entries (T, C + R) and its attention entropy (T,). Nothing is copied.
+        self.trace = False
+        self.last_entries: np.ndarray | None = None
+        self.last_entropy: np.ndarray | None = None
 
     def project(self, x: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """x (T, D) -> q_nope (T, H, N), rotated q_rope (T, H, R), cache entries (T, C + R)."""
@@ -116,6 +121,8 @@ class MLA:
         joined -= joined.max(axis=-1, keepdims=True)  # max-subtraction keeps exp finite
         np.exp(joined, out=joined)
         joined /= joined.sum(axis=-1, keepdims=True)
+        if self.trace:
+            self.last_entropy = attention_entropy(joined)
         if len(scores) == 1:
             return [joined]
         return np.split(joined, np.cumsum([s.shape[-1] for s in scores])[:-1], axis=-1)
@@ -128,6 +135,15 @@ class MLA:
         as blocks [(entries (S_i, C + R), positions (S_i,) or None for 0..S_i-1)].
         """
         q_nope, q_rope, entries = self.project(x, positions)
+        if self.trace:
+            self.last_entries = entries
         blocks = [(entries, None)] if cache is None else cache.append(entries)
         attend = self.attend_absorbed if absorbed else self.attend_naive
         return attend(q_nope, q_rope, blocks, positions)
+
+
+def attention_entropy(probs: np.ndarray) -> np.ndarray:
+    """Entropy in nats of each query's attention distribution, averaged over heads: probs
+    (H, T, S) -> (T,). Masked keys have probability 0 and add nothing."""
+    logs = np.log(np.where(probs > 0, probs, 1.0))
+    return -(probs * logs).sum(axis=-1).mean(axis=0)

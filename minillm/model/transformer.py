@@ -57,10 +57,19 @@ class ModelWeights:
 
 @dataclass
 class LayerOutput:
-    """What one layer did, for statistics and tracing (routing is None on dense layers)."""
+    """What one layer did, for statistics and tracing (routing is None on dense layers).
+
+    The fields after the routing are filled only while the layer's MLA has `trace` set; they are
+    references to arrays the forward pass computed anyway.
+    """
 
     expert_indices: np.ndarray | None = None  # (T, K)
     expert_weights: np.ndarray | None = None  # (T, K)
+    hidden: np.ndarray | None = None  # (T, D) residual stream after the layer
+    positions: np.ndarray | None = None  # (T,)
+    absorbed: bool | None = None  # attention path: absorbed (True) or naive (False)
+    cache_entries: np.ndarray | None = None  # (T, C + R) what the layer appended to its latent cache
+    attention_entropy: np.ndarray | None = None  # (T,) nats, mean over heads
 
 
 class Transformer:
@@ -79,8 +88,13 @@ class Transformer:
         x = rms_norm(h, layer.post_attention_norm, eps)
         if isinstance(layer.ffn, MoEWeights):
             out, indices, weights = moe_forward(self.config, layer.ffn, x)
-            return h + out, LayerOutput(indices, weights)
-        return h + swiglu(x, layer.ffn.gate, layer.ffn.up, layer.ffn.down), LayerOutput()
+            h, output = h + out, LayerOutput(indices, weights)
+        else:
+            h, output = h + swiglu(x, layer.ffn.gate, layer.ffn.up, layer.ffn.down), LayerOutput()
+        if attention.trace:
+            output.hidden, output.positions, output.absorbed = h, positions, absorbed
+            output.cache_entries, output.attention_entropy = attention.last_entries, attention.last_entropy
+        return h, output
 
     def hidden_states(self, ids: np.ndarray, positions: np.ndarray, caches=None, absorbed: bool = False,
                       observe=None) -> np.ndarray:
