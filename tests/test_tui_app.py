@@ -22,8 +22,10 @@ SIZE = (120, 40)
 
 
 def write_tui_model(directory):
-    """Write the test checkpoint; zero EOS rows in both output heads make greedy decoding run to
-    max_tokens, because the EOS logit stays 0 while the largest of the other 319 is positive."""
+    """Write the test checkpoint with zero EOS rows in both output heads.
+
+    The EOS logit is then 0, and with these seeded weights some other logit exceeds it at every
+    step, so greedy decoding runs to max_tokens."""
     tensors = random_tensors(TUI_CONFIG)
     eos = TUI_CONFIG["eos_token_id"]
     for name in ("lm_head.weight", "model.layers.3.shared_head.head.weight"):
@@ -47,11 +49,11 @@ def model(tui_model_dir, tmp_path, monkeypatch):
     loaded.close()
 
 
-async def wait_until(pilot, condition, what: str, timeout: float = 60.0) -> None:
+async def wait_until(pilot, condition, description: str, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+            raise AssertionError(f"timed out after {timeout} s waiting for {description}")
         await pilot.pause(0.02)
 
 

@@ -5,7 +5,7 @@ import pytest
 pytest.importorskip("textual")
 
 from tui.app import minillm_size  # noqa: E402
-from tui.stats import RateMeter, Throttle, hit_rate, routing_delta, short_size  # noqa: E402
+from tui.stats import RateMeter, Throttle, hit_rate, routing_delta, short_size, sparkline  # noqa: E402
 from tui.widgets.output_view import printable  # noqa: E402
 from tui.widgets.tier_panel import usage_bar  # noqa: E402
 
@@ -90,3 +90,10 @@ def test_usage_bar_proportions():
     assert bar.plain == "██████░░"
     assert len(usage_bar({"kv": 500}, 100, width=8).plain) == 8
     assert usage_bar({}, 0, width=4).plain == "░░░░"
+
+
+def test_sparkline_scaling():
+    assert sparkline([0.0, 0.0], 4) == "  ▁▁"
+    assert sparkline([0.0, 5.0, 10.0], 3) == "▁▅█"
+    assert sparkline([1.0, 2.0, 3.0], 2) == "▆█"
+    assert sparkline([10.0], 1, peak=20.0) == "▅"

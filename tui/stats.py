@@ -24,7 +24,7 @@ def elapsed_seconds(snapshot: dict) -> float:
 
 
 def cumulative_series(snapshot: dict) -> dict[str, float]:
-    """The cumulative counters that the UI turns into rates, keyed like "hbm.in" or "engram_rows"."""
+    """Collect the cumulative counters that the UI turns into rates, keyed like "hbm.in" or "engram_rows"."""
     series = {}
     for name, tier in snapshot.get("tiers", {}).items():
         series[f"{name}.in"] = float(tier["bytes_in"])
@@ -97,6 +97,23 @@ def short_size(size: float) -> str:
             return f"{value:.1f}{unit}"
         value /= 1024
     raise AssertionError("unreachable")
+
+
+SPARK_LEVELS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: list[float], width: int, peak: float | None = None) -> str:
+    """Draw the last `width` values as block characters scaled to `peak` (default: their maximum).
+
+    Zero maps to the lowest block, so an idle series reads as a flat line, and the line is
+    left-padded with spaces until `width` values exist."""
+    recent = values[-width:] if width > 0 else []
+    top = peak if peak is not None else max(recent, default=0.0)
+    cells = []
+    for value in recent:
+        level = 0 if top <= 0 or value <= 0 else 1 + round((len(SPARK_LEVELS) - 2) * min(value, top) / top)
+        cells.append(SPARK_LEVELS[level])
+    return "".join(cells).rjust(width)
 
 
 def hit_rate(hits: int, misses: int) -> float | None:

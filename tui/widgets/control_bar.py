@@ -21,7 +21,7 @@ class GenerationSettings:
 
 
 class InvalidSetting(ValueError):
-    """A control holds a value that cannot be used; the message names the control."""
+    """A control contains a value that cannot be used; the message names the control."""
 
 
 class ControlBar(Horizontal):
@@ -71,7 +71,7 @@ class ControlBar(Horizontal):
                                   speculative=self.query_one("#speculative", Checkbox).value)
 
     def budgets(self) -> tuple[str, str]:
-        """The hbm and dram budgets as typed, for MemoryConfig.from_strings to parse."""
+        """Return the hbm and dram budgets as typed, for MemoryConfig.from_strings to parse."""
         return self.query_one("#hbm", Input).value.strip(), self.query_one("#dram", Input).value.strip()
 
     def set_budgets_enabled(self, enabled: bool) -> None:

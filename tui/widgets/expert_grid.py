@@ -65,7 +65,9 @@ class ExpertGrid(Widget):
             return text
 
         available = max(1, (self.content_region.width or 40) - 4)
-        cell = 3 if self.experts * 3 <= available else 2 if self.experts * 2 <= available else 1
+        cell = 3  # columns per expert, narrowed when the experts do not fit
+        while cell > 1 and self.experts * cell > available:
+            cell -= 1
         text.append("\n    ")
         for expert in range(self.experts):
             label = str(expert) if cell > 1 or expert % 5 == 0 else " "

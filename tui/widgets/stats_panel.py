@@ -34,7 +34,7 @@ class StatsPanel(Widget):
         self.engram_rates: dict[str, float] = {}
 
     def update_snapshot(self, snapshot: dict, engram_rates: dict[str, float]) -> None:
-        """Show `snapshot`; `engram_rates` holds per-second rates of the engram counters it has."""
+        """Show `snapshot`; `engram_rates` contains per-second rates of the engram counters it has."""
         self.snapshot, self.engram_rates = snapshot, engram_rates
         self.refresh(layout=True)
 
@@ -50,7 +50,9 @@ class StatsPanel(Widget):
         table.add_row("tokens", f"prompt {generation.get('prompt_tokens', 0)}  "
                                 f"generated {generation.get('generated_tokens', 0)}")
 
-        if generation.get("speculative", "none") == "mtp":
+        if not generation.get("generated_tokens"):
+            mtp = "n/a"
+        elif generation.get("speculative", "none") == "mtp":
             mtp = (f"accepted {100 * generation.get('acceptance_rate', 0.0):.1f}%  "
                    f"tokens/forward {generation.get('tokens_per_forward', 0.0):.2f}")
         else:

@@ -6,9 +6,9 @@ from rich.text import Text
 from textual.app import ComposeResult
 from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import Label, Sparkline, Static
+from textual.widgets import Label, Static
 
-from tui.stats import KINDS, short_size
+from tui.stats import KINDS, short_size, sparkline
 
 # Colours of the kinds of data a tier holds, shared by the usage bar and its legend.
 KIND_STYLES = {"kv": "cyan", "experts": "magenta", "engram": "yellow", "weights": "blue"}
@@ -17,7 +17,7 @@ FIGURES_WIDTH = 16  # " 988K/1.0M  96%"
 
 
 def usage_bar(used_by_kind: dict[str, int], capacity: int, width: int) -> Text:
-    """A bar of `width` cells, one coloured run per kind in proportion to the tier's capacity."""
+    """Draw a bar of `width` cells, one coloured run per kind in proportion to the tier's capacity."""
     bar = Text()
     filled = 0
     for kind in KINDS:
@@ -36,16 +36,17 @@ class TierPanel(Widget):
         super().__init__(id=f"tier-{tier}", classes="tier", **kwargs)
         self.tier = tier
         self._snapshot: dict | None = None
+        self._history: dict[str, list[float]] = {"in": [], "out": []}
 
     def compose(self) -> ComposeResult:
         yield Static(self._usage_text(), classes="tier-usage")
         yield Static("", classes="tier-kinds")
         with Horizontal(classes="tier-traffic"):
             yield Label("in ", classes="traffic-label")
-            yield Sparkline([0.0], classes="traffic-in")
+            yield Static("", classes="traffic-spark traffic-in")
             yield Label("", classes="traffic-rate traffic-in-rate")
             yield Label(" out ", classes="traffic-label")
-            yield Sparkline([0.0], classes="traffic-out")
+            yield Static("", classes="traffic-spark traffic-out")
             yield Label("", classes="traffic-rate traffic-out-rate")
 
     def _usage_text(self) -> Text:
@@ -62,6 +63,14 @@ class TierPanel(Widget):
 
     def on_resize(self) -> None:
         self.query_one(".tier-usage", Static).update(self._usage_text())
+        self._draw_sparklines()
+
+    def _draw_sparklines(self) -> None:
+        # Both directions share one scale, so a busy "in" next to an idle "out" reads correctly.
+        peak = max((max(values, default=0.0) for values in self._history.values()), default=0.0)
+        for direction, values in self._history.items():
+            line = self.query_one(f".traffic-{direction}", Static)
+            line.update(sparkline(values, line.content_region.width or 10, peak))
 
     def update_tier(self, tier: dict, rate_in: float, rate_out: float,
                     history_in: list[float], history_out: list[float]) -> None:
@@ -74,7 +83,7 @@ class TierPanel(Widget):
             kinds.append(f" {short_size(tier['used_by_kind'].get(kind, 0))} ")
         kinds.rstrip()
         self.query_one(".tier-kinds", Static).update(kinds)
-        self.query_one(".traffic-in", Sparkline).data = history_in or [0.0]
-        self.query_one(".traffic-out", Sparkline).data = history_out or [0.0]
+        self._history = {"in": history_in, "out": history_out}
+        self._draw_sparklines()
         self.query_one(".traffic-in-rate", Label).update(f"{short_size(rate_in)}/s")
         self.query_one(".traffic-out-rate", Label).update(f"{short_size(rate_out)}/s")
