@@ -109,7 +109,8 @@ def test_trace_numbers_match_model(mtp_model_dir, tmp_path):
     tracer.stop()
     chosen = " ".join(f"{int(e)}:{float(w):.3f}"
                       for e, w in zip(reference.expert_indices[-1], reference.expert_weights[-1]))
-    assert f"experts {chosen} + 1 shared" in sink.text
+    groups = " ".join(str(g) for g in sorted({int(e) // 2 for e in reference.expert_indices[-1]}))
+    assert f"experts {chosen} (groups {groups}) + 1 shared" in sink.text
     assert all(not attention.trace and attention.last_entropy is None for attention in model.transformer.attention)
 
 

@@ -217,6 +217,10 @@ class Tracer:
         if out.expert_indices is not None:
             chosen = " ".join(f"{int(e)}:{float(w):.3f}"
                               for e, w in zip(out.expert_indices[row], out.expert_weights[row]))
+            if cfg.uses_groups:
+                size = cfg.n_routed_experts // cfg.n_group
+                groups = sorted({int(e) // size for e in out.expert_indices[row]})
+                chosen += f" (groups {' '.join(map(str, groups))})"
             shared = f" + {cfg.n_shared_experts} shared" if cfg.n_shared_experts else ""
             text += f", experts {chosen}{shared}"
         return text
