@@ -143,3 +143,17 @@ def test_tour_trace_is_current(tmp_path):
     trace_file = tmp_path / "trace.txt"
     assert main([*args, "--trace-file", str(trace_file), "--cache-dir", str(tmp_path)]) == 0
     assert trace_file.read_text(encoding="utf-8") == match["trace"]
+
+
+def test_trace_file_unwritable(capsys, mtp_model_dir, tmp_path):
+    args = ["generate", "--model", str(mtp_model_dir), "--prompt", PROMPT, "-n", "1", "--temperature", "0",
+            "--cache-dir", str(tmp_path), "--trace-file", str(tmp_path / "missing" / "trace.txt")]
+    assert main(args) == 2
+    assert "cannot write the trace file" in capsys.readouterr().err
+
+
+def test_trace_file_gets_trace(capsys, mtp_model_dir, tmp_path):
+    trace_file = tmp_path / "trace.txt"
+    _, err = generate(capsys, mtp_model_dir, tmp_path, "--trace-file", str(trace_file))
+    assert err == ""
+    assert trace_file.read_text(encoding="utf-8").startswith("trace: prompt")
