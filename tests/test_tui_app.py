@@ -14,6 +14,7 @@ import minillm  # noqa: E402
 from minillm.cli import main  # noqa: E402
 from tui.app import MiniLLMApp  # noqa: E402
 from tui.help_screen import HelpScreen  # noqa: E402
+from tui.messages import StatsUpdated  # noqa: E402
 from tui.widgets import ExpertGrid, OutputView, PageMap  # noqa: E402
 
 # MTP for the acceptance counters, and room for a generation long enough to stop by hand.
@@ -189,6 +190,43 @@ def test_invalid_temperature_rejected(model):
             await pilot.pause(0.2)
             assert not app.generating
             assert status(app) == "idle"
+
+    asyncio.run(scenario())
+
+
+def test_updates_follow_refresh_rate(model):
+    received = []
+
+    def record(message):
+        if isinstance(message, StatsUpdated):
+            received.append(message)
+
+    async def scenario():
+        app = MiniLLMApp(model, temperature=0.0, max_tokens=300, refresh_hz=4.0)
+        async with app.run_test(size=SIZE, message_hook=record) as pilot:
+            await generate(app, pilot, "Once")
+
+    asyncio.run(scenario())
+    stats = model.last_stats
+    assert stats.generated_tokens == 300
+    seconds = stats.prefill_seconds + stats.decode_seconds
+    assert 1 <= len(received) <= 4.0 * seconds + 1
+
+
+def test_engine_error_is_reported(model, monkeypatch):
+    def failing_generate(*args, **kwargs):
+        raise minillm.GenerationError("the prompt has 5000 tokens, more than the model's max_position_embeddings")
+        yield  # a generator, like LLM.generate
+
+    monkeypatch.setattr(model, "generate", failing_generate)
+
+    async def scenario():
+        app = MiniLLMApp(model, max_tokens=10)
+        async with app.run_test(size=SIZE) as pilot:
+            await generate(app, pilot, "Once")
+            assert status(app) == "failed"
+            assert any("max_position_embeddings" in n.message for n in app._notifications)
+            assert app.is_running
 
     asyncio.run(scenario())
 

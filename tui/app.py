@@ -79,7 +79,7 @@ class MiniLLMApp(App[None]):
                          speculative=True if has_mtp else None, id="controls")
         with Horizontal(id="main"):
             with Vertical(id="chat"):
-                yield Input(placeholder="Type a prompt and press Enter", id="prompt")
+                yield Input(placeholder="Type, then press Enter", id="prompt")
                 yield OutputView(id="output")
             with VerticalScroll(id="dashboard"):
                 with Vertical(id="tiers"):
