@@ -104,7 +104,9 @@ class MiniLLMApp(App[None]):
         snapshot = self.model.snapshot()
         self.meter.reset(snapshot)
         routing = snapshot["routing"]
-        self.query_one(ExpertGrid).set_shape(routing["layers"], self.model.config.n_routed_experts or 0)
+        grid = self.query_one(ExpertGrid)
+        grid.set_shape(routing["layers"], self.model.config.n_routed_experts or 0)
+        grid.start_generation(snapshot)
         self._show_snapshot(snapshot)
         self._set_status("idle")
 
@@ -133,8 +135,9 @@ class MiniLLMApp(App[None]):
 
         self.generating = True
         self.query_one(OutputView).start(prompt)
-        self.query_one(ExpertGrid).start_generation()
-        self.meter.reset(self.model.snapshot())
+        baseline = self.model.snapshot()
+        self.query_one(ExpertGrid).start_generation(baseline)
+        self.meter.reset(baseline)
         self._set_status("generating")
         self._worker = self.generate(prompt, settings.temperature, settings.max_tokens,
                                      "mtp" if settings.speculative else "none")

@@ -20,6 +20,7 @@ PANELS = (
     "Tiers: used bytes by kind against each budget, traffic in and out per second.",
     "KV pages: one cell per page in token order, coloured by the tier holding it.",
     "Experts: ● resident in hbm, background = tokens routed since the last refresh.",
+    "Expert hits and misses and prefix-cache hit tokens count the current generation.",
 )
 
 

@@ -24,9 +24,10 @@ class ExpertGrid(Widget):
         self.moe_layers: list[int] = []
         self.resident: set[tuple[int, int]] = set()
         self.heat: list[list[int]] = []
-        self.hits = 0
+        self.hits = 0  # expert cache hits and misses since start_generation
         self.misses = 0
         self.experts = 0
+        self._baseline = (0, 0)
         self._previous_counts: list[list[int]] | None = None
 
     def set_shape(self, layers: list[int], experts: int) -> None:
@@ -35,9 +36,11 @@ class ExpertGrid(Widget):
         self.heat = [[0] * experts for _ in layers]
         self.refresh(layout=True)
 
-    def start_generation(self) -> None:
-        """Forget the previous generation's routing counts, which the engine resets too."""
+    def start_generation(self, snapshot: dict) -> None:
+        """Count hits and misses from `snapshot` on, and forget the previous generation's routing
+        counts, which the engine resets too."""
         self._previous_counts = None
+        self._baseline = (snapshot.get("expert_hits", 0), snapshot.get("expert_misses", 0))
 
     def update_snapshot(self, snapshot: dict) -> None:
         routing = snapshot.get("routing", {})
@@ -51,8 +54,8 @@ class ExpertGrid(Widget):
                 self.heat = delta
             self._previous_counts = counts
         self.resident = {(layer, expert) for layer, expert in snapshot.get("experts_resident", [])}
-        self.hits = snapshot.get("expert_hits", 0)
-        self.misses = snapshot.get("expert_misses", 0)
+        self.hits = snapshot.get("expert_hits", 0) - self._baseline[0]
+        self.misses = snapshot.get("expert_misses", 0) - self._baseline[1]
         self.refresh(layout=True)
 
     def render(self) -> Text:

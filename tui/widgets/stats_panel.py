@@ -62,8 +62,9 @@ class StatsPanel(Widget):
         lookups = self.engram_rates.get("engram_lookups")
         rows = self.engram_rates.get("engram_rows")
         table.add_row("engram", f"lookups/s {_number(lookups)}  rows/s {_number(rows)}")
-        table.add_row("prefix", f"hit tokens {self.snapshot.get('prefix_cache_hit_tokens', 0)}  "
-                                f"written pages {self.snapshot.get('prefix_cache_written_pages', 0)}")
+        # Hit tokens are this generation's; written pages count since the budgets were applied.
+        table.add_row("prefix", f"hit tokens {generation.get('prefix_cache_hit_tokens', 0)}  "
+                                f"pages written {self.snapshot.get('prefix_cache_written_pages', 0)}")
         table.add_row("KV/token", self._footprint_text())
         return table
 
