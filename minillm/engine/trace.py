@@ -139,7 +139,7 @@ class Tracer:
                 source = f"the MTP module's own output at position {position + j - 1} and draft {self._token(drafts[j - 1])}"
             self._line(f"  mtp: draft for position {position + j + 1}: {self._token(draft)}, from {source}")
             self._line(f"       main model's prediction for position {position + j + 1} (row {position + j}): "
-                       f"argmax {self._token(best)}, p(draft) {probs[draft]:.3f} -> {verdict}")
+                       f"argmax {self._token(best)}, p(draft) at temperature 1 {probs[draft]:.3f} -> {verdict}")
             if j >= accepted:
                 break
         self._labels = [f"accepted draft for position {position + j + 1}" for j in range(accepted)]
