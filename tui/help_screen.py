@@ -18,7 +18,7 @@ WIDGET_KEYS = (
 
 PANELS = (
     "Tiers: used bytes by kind against each budget, traffic in and out per second.",
-    "KV pages: one cell per page in token order, coloured by the tier holding it.",
+    "KV pages: one cell per page in token order: █ hbm, ▒ dram, ░ ssd.",
     "Experts: ● resident in hbm, background = tokens routed since the last refresh.",
     "Expert hits and misses and prefix-cache hit tokens count the current generation.",
 )

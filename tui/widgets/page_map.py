@@ -5,7 +5,10 @@ from __future__ import annotations
 from rich.text import Text
 from textual.widget import Widget
 
-TIER_STYLES = {"h": ("hbm", "green"), "d": ("dram", "yellow"), "s": ("ssd", "dodger_blue1")}
+# Letter in LLM.snapshot()["page_map"] -> tier name, glyph and colour. The glyphs differ as well
+# as the colours, so the map still reads in a monochrome terminal or a text capture.
+TIER_STYLES = {"h": ("hbm", "█", "green"), "d": ("dram", "▒", "yellow"), "s": ("ssd", "░", "dodger_blue1")}
+UNKNOWN_STYLE = ("?", "?", "red")
 
 
 class PageMap(Widget):
@@ -23,8 +26,8 @@ class PageMap(Widget):
 
     def render(self) -> Text:
         text = Text()
-        for letter, (name, style) in TIER_STYLES.items():
-            text.append("■ ", style=style)
+        for letter, (name, glyph, style) in TIER_STYLES.items():
+            text.append(f"{glyph} ", style=style)
             text.append(f"{name} {self.page_map.count(letter)}  ")
         width = max(1, self.content_region.width or self.size.width or 40)
         if not self.page_map:
@@ -32,5 +35,6 @@ class PageMap(Widget):
         for start in range(0, len(self.page_map), width):
             text.append("\n")
             for letter in self.page_map[start:start + width]:
-                text.append("▌", style=TIER_STYLES.get(letter, ("", "red"))[1])
+                _, glyph, style = TIER_STYLES.get(letter, UNKNOWN_STYLE)
+                text.append(glyph, style=style)
         return text

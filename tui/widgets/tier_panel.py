@@ -13,7 +13,8 @@ from tui.stats import KINDS, short_size, sparkline
 # Colours of the kinds of data a tier holds, shared by the usage bar and its legend.
 KIND_STYLES = {"kv": "cyan", "experts": "magenta", "engram": "yellow", "weights": "blue"}
 NAME_WIDTH = 5  # "dram "
-FIGURES_WIDTH = 16  # " 988K/1.0M  96%"
+FIGURES_WIDTH = 17  # " 26.2M/28.0M  94%", so the bars of the three tiers line up
+MIN_BAR_WIDTH = 8
 
 
 def usage_bar(used_by_kind: dict[str, int], capacity: int, width: int) -> Text:
@@ -55,10 +56,11 @@ class TierPanel(Widget):
         if tier is None:
             return text
         capacity, used = tier["capacity_bytes"], tier["used_bytes"]
-        width = max(8, (self.content_region.width or 60) - NAME_WIDTH - FIGURES_WIDTH)
-        text.append_text(usage_bar(tier["used_by_kind"], capacity, width))
         percent = 100 * used / capacity if capacity else 0.0
-        text.append(f" {short_size(used)}/{short_size(capacity)} {percent:3.0f}%")
+        figures = f" {short_size(used)}/{short_size(capacity)} {percent:3.0f}%".rjust(FIGURES_WIDTH)
+        width = max(MIN_BAR_WIDTH, (self.content_region.width or 60) - NAME_WIDTH - len(figures))
+        text.append_text(usage_bar(tier["used_by_kind"], capacity, width))
+        text.append(figures)
         return text
 
     def on_resize(self) -> None:
