@@ -15,7 +15,7 @@ from minillm.cli import main  # noqa: E402
 from tui.app import MiniLLMApp  # noqa: E402
 from tui.help_screen import HelpScreen  # noqa: E402
 from tui.messages import StatsUpdated  # noqa: E402
-from tui.widgets import ExpertGrid, OutputView, PageMap  # noqa: E402
+from tui.widgets import ExpertGrid, OutputView, PageMap, TierPanel  # noqa: E402
 
 # MTP for the acceptance counters, and room for a generation long enough to stop by hand.
 TUI_CONFIG = {**TINY_V3, "num_nextn_predict_layers": 1, "max_position_embeddings": 4096}
@@ -69,11 +69,12 @@ async def generate(app, pilot, prompt: str) -> None:
 
 
 def tier_text(app, tier: str) -> str:
-    return str(app.query_one(f"#tier-{tier} .tier-usage", Static).content)
+    """The usage line of a tier panel: name, bar, used/capacity and percentage."""
+    return app.query_one(f"#tier-{tier}", TierPanel).render().plain.splitlines()[0]
 
 
 def status(app) -> str:
-    return str(app.query_one(OutputView).border_subtitle)
+    return str(app.query_one("#prompt", Input).border_subtitle)
 
 
 def test_generation_shows_text_and_tiers(model):

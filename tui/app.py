@@ -111,7 +111,8 @@ class MiniLLMApp(App[None]):
         self._set_status("idle")
 
     def _set_status(self, text: str) -> None:
-        self.query_one("#output").border_subtitle = text
+        # On the prompt rather than the output pane: its border is 3 lines to repaint, not 35.
+        self.query_one("#prompt").border_subtitle = text
 
     # Generation
 
@@ -151,7 +152,7 @@ class MiniLLMApp(App[None]):
 
         def on_snapshot(snapshot: dict) -> None:
             if throttle.due(elapsed_seconds(snapshot)):
-                self._flush(pending)
+                self._post_text(pending)
                 self.post_message(StatsUpdated(snapshot))
 
         stream = self.model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,
@@ -165,16 +166,16 @@ class MiniLLMApp(App[None]):
                     break
         except minillm.MiniLLMError as exc:
             log.error("generation failed: %s", exc)
-            self._flush(pending)
+            self._post_text(pending)
             self.post_message(GenerationFailed(str(exc)))
             return
         finally:
             stream.close()  # releases the KV pages when the loop stopped early
-        self._flush(pending)
+        self._post_text(pending)
         self.post_message(GenerationFinished(self.model.last_snapshot,
                                              reason or self.model.last_stats.finish_reason))
 
-    def _flush(self, pending: list[str]) -> None:
+    def _post_text(self, pending: list[str]) -> None:
         if pending:
             self.post_message(TextGenerated("".join(pending)))
             pending.clear()
@@ -217,7 +218,6 @@ class MiniLLMApp(App[None]):
 
     def watch_generating(self, generating: bool) -> None:
         self.query_one(ControlBar).set_budgets_enabled(not generating)
-        self.set_class(generating, "-generating")
 
     # Budgets
 

@@ -6,6 +6,7 @@ from rich.text import Text
 from textual.widget import Widget
 
 from tui.stats import hit_rate, routing_delta
+from tui.widgets.tier_panel import refresh_if_changed
 
 # Background colours from no routed tokens to the most routed expert of the latest refresh.
 HEAT_STYLES = ("on grey15", "on dark_blue", "on purple4", "on red3", "on dark_orange", "on gold1")
@@ -28,6 +29,7 @@ class ExpertGrid(Widget):
         self.misses = 0
         self.experts = 0
         self._baseline = (0, 0)
+        self._shown: Text | None = None
         self._previous_counts: list[list[int]] | None = None
 
     def set_shape(self, layers: list[int], experts: int) -> None:
@@ -56,9 +58,13 @@ class ExpertGrid(Widget):
         self.resident = {(layer, expert) for layer, expert in snapshot.get("experts_resident", [])}
         self.hits = snapshot.get("expert_hits", 0) - self._baseline[0]
         self.misses = snapshot.get("expert_misses", 0) - self._baseline[1]
-        self.refresh(layout=True)
+        refresh_if_changed(self)  # the height changes only in set_shape
 
     def render(self) -> Text:
+        self._shown = self.render_text()
+        return self._shown
+
+    def render_text(self) -> Text:
         text = Text()
         rate = hit_rate(self.hits, self.misses)
         text.append(f"hits {self.hits}  misses {self.misses}  hit rate ")

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rich.table import Table
 from rich.text import Text
 from textual.widget import Widget
 
 from minillm.memory.sizes import format_size
+
+
+LABEL_WIDTH = 9  # "KV/token" and a space
 
 
 @dataclass(frozen=True)
@@ -20,12 +22,28 @@ class KVFootprint:
     kv_bytes: float  # bytes per cached value that both figures assume
 
 
+class _Rows:
+    """Rows of a dimmed label padded to LABEL_WIDTH and a value."""
+
+    def __init__(self) -> None:
+        self.text = Text(no_wrap=True, overflow="ellipsis")
+
+    def add_row(self, label: str, value: str | Text) -> None:
+        if self.text:
+            self.text.append("\n")
+        self.text.append(label.ljust(LABEL_WIDTH), style="dim")
+        self.text.append_text(value if isinstance(value, Text) else Text(value))
+
+
 def _number(value: float | None, suffix: str = "", digits: int = 0) -> str:
     return "n/a" if value is None else f"{value:,.{digits}f}{suffix}"
 
 
 class StatsPanel(Widget):
-    """Counters of the latest snapshot as a two-column table of label and values."""
+    """Counters of the latest snapshot, one row per label.
+
+    The rows are plain Text with padded labels rather than a rich Table, which costs several
+    times more to render on every refresh."""
 
     def __init__(self, footprint: KVFootprint | None = None, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -36,13 +54,11 @@ class StatsPanel(Widget):
     def update_snapshot(self, snapshot: dict, engram_rates: dict[str, float]) -> None:
         """Show `snapshot`; `engram_rates` contains per-second rates of the engram counters it has."""
         self.snapshot, self.engram_rates = snapshot, engram_rates
-        self.refresh(layout=True)
+        self.refresh()  # always the same rows, so no layout pass
 
-    def render(self) -> Table:
+    def render(self) -> Text:
         generation = self.snapshot.get("generation", {})
-        table = Table.grid(padding=(0, 1))
-        table.add_column(style="dim", no_wrap=True)
-        table.add_column()
+        table = _Rows()
 
         prefill = generation.get("prefill_tokens_per_second") if generation.get("generated_tokens") else None
         decode = generation.get("decode_tokens_per_second") if generation.get("generated_tokens", 0) > 1 else None
@@ -66,7 +82,7 @@ class StatsPanel(Widget):
         table.add_row("prefix", f"hit tokens {generation.get('prefix_cache_hit_tokens', 0)}  "
                                 f"pages written {self.snapshot.get('prefix_cache_written_pages', 0)}")
         table.add_row("KV/token", self._footprint_text())
-        return table
+        return table.text
 
     def _footprint_text(self) -> Text:
         if self.footprint is None:

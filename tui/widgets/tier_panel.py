@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 from rich.text import Text
-from textual.app import ComposeResult
-from textual.containers import Horizontal
 from textual.widget import Widget
-from textual.widgets import Label, Static
 
 from tui.stats import KINDS, short_size, sparkline
 
@@ -15,6 +12,7 @@ KIND_STYLES = {"kv": "cyan", "experts": "magenta", "engram": "yellow", "weights"
 NAME_WIDTH = 5  # "dram "
 FIGURES_WIDTH = 17  # " 26.2M/28.0M  94%", so the bars of the three tiers line up
 MIN_BAR_WIDTH = 8
+RATE_WIDTH = 8  # " 99.9K/s": a space and the longest rate that short_size writes
 
 
 def usage_bar(used_by_kind: dict[str, int], capacity: int, width: int) -> Text:
@@ -30,62 +28,79 @@ def usage_bar(used_by_kind: dict[str, int], capacity: int, width: int) -> Text:
     return bar
 
 
+def refresh_if_changed(widget) -> None:
+    """Repaint `widget` only when its `render_text()` differs from what it shows.
+
+    A repaint costs far more than building the Text, and on a quiet tier most updates change
+    nothing, so skipping them leaves more of the GIL to the generation thread."""
+    if widget.render_text() != widget._shown:
+        widget.refresh()
+
+
 class TierPanel(Widget):
-    """Budget, use by kind, and in/out traffic sparklines of the tier named `tier`."""
+    """Budget, use by kind, and in/out traffic sparklines of the tier named `tier`, in three lines.
+
+    One widget draws all three lines, because every child widget adds to the layout and render
+    work of each refresh, and that work competes with the generation thread for the GIL."""
 
     def __init__(self, tier: str, **kwargs) -> None:
         super().__init__(id=f"tier-{tier}", classes="tier", **kwargs)
         self.tier = tier
-        self._snapshot: dict | None = None
-        self._history: dict[str, list[float]] = {"in": [], "out": []}
+        self.snapshot: dict | None = None
+        self.rates = {"in": 0.0, "out": 0.0}
+        self.history: dict[str, list[float]] = {"in": [], "out": []}
+        self._shown: Text | None = None
 
-    def compose(self) -> ComposeResult:
-        yield Static(self._usage_text(), classes="tier-usage")
-        yield Static("", classes="tier-kinds")
-        with Horizontal(classes="tier-traffic"):
-            yield Label("in ", classes="traffic-label")
-            yield Static("", classes="traffic-spark traffic-in")
-            yield Label("", classes="traffic-rate traffic-in-rate")
-            yield Label(" out ", classes="traffic-label")
-            yield Static("", classes="traffic-spark traffic-out")
-            yield Label("", classes="traffic-rate traffic-out-rate")
+    def update_tier(self, tier: dict, rate_in: float, rate_out: float,
+                    history_in: list[float], history_out: list[float]) -> None:
+        """Show one tier of a snapshot with its current and recent traffic rates (bytes/s)."""
+        self.snapshot = tier
+        self.rates = {"in": rate_in, "out": rate_out}
+        self.history = {"in": history_in, "out": history_out}
+        refresh_if_changed(self)
 
-    def _usage_text(self) -> Text:
+    def render(self) -> Text:
+        self._shown = self.render_text()
+        return self._shown
+
+    def render_text(self) -> Text:
+        width = self.content_region.width or 60
+        text = self._usage_line(width)
+        text.append("\n")
+        text.append_text(self._kinds_line())
+        text.append("\n")
+        text.append_text(self._traffic_line(width))
+        return text
+
+    def _usage_line(self, width: int) -> Text:
         text = Text(f"{self.tier:<{NAME_WIDTH}}", style="bold")
-        tier = self._snapshot
+        tier = self.snapshot
         if tier is None:
             return text
         capacity, used = tier["capacity_bytes"], tier["used_bytes"]
         percent = 100 * used / capacity if capacity else 0.0
         figures = f" {short_size(used)}/{short_size(capacity)} {percent:3.0f}%".rjust(FIGURES_WIDTH)
-        width = max(MIN_BAR_WIDTH, (self.content_region.width or 60) - NAME_WIDTH - len(figures))
-        text.append_text(usage_bar(tier["used_by_kind"], capacity, width))
+        bar_width = max(MIN_BAR_WIDTH, width - NAME_WIDTH - len(figures))
+        text.append_text(usage_bar(tier["used_by_kind"], capacity, bar_width))
         text.append(figures)
         return text
 
-    def on_resize(self) -> None:
-        self.query_one(".tier-usage", Static).update(self._usage_text())
-        self._draw_sparklines()
-
-    def _draw_sparklines(self) -> None:
-        # Both directions share one scale, so a busy "in" next to an idle "out" reads correctly.
-        peak = max((max(values, default=0.0) for values in self._history.values()), default=0.0)
-        for direction, values in self._history.items():
-            line = self.query_one(f".traffic-{direction}", Static)
-            line.update(sparkline(values, line.content_region.width or 10, peak))
-
-    def update_tier(self, tier: dict, rate_in: float, rate_out: float,
-                    history_in: list[float], history_out: list[float]) -> None:
-        """Show one tier of a snapshot with its current and recent traffic rates (bytes/s)."""
-        self._snapshot = tier
-        self.query_one(".tier-usage", Static).update(self._usage_text())
-        kinds = Text()
+    def _kinds_line(self) -> Text:
+        text = Text()
+        used = self.snapshot["used_by_kind"] if self.snapshot else {}
         for kind in KINDS:
-            kinds.append(kind, style=KIND_STYLES[kind])
-            kinds.append(f" {short_size(tier['used_by_kind'].get(kind, 0))} ")
-        kinds.rstrip()
-        self.query_one(".tier-kinds", Static).update(kinds)
-        self._history = {"in": history_in, "out": history_out}
-        self._draw_sparklines()
-        self.query_one(".traffic-in-rate", Label).update(f"{short_size(rate_in)}/s")
-        self.query_one(".traffic-out-rate", Label).update(f"{short_size(rate_out)}/s")
+            text.append(kind, style=KIND_STYLES[kind])
+            text.append(f" {short_size(used.get(kind, 0))} ")
+        text.rstrip()
+        return text
+
+    def _traffic_line(self, width: int) -> Text:
+        # Both directions share one scale, so a busy "in" next to an idle "out" reads correctly.
+        peak = max(max(values, default=0.0) for values in self.history.values())
+        spark_width = max(1, (width - len("in ") - len(" out ") - 2 * RATE_WIDTH) // 2)
+        text = Text()
+        for direction in ("in", "out"):
+            text.append(f"{direction} " if direction == "in" else f" {direction} ", style="dim")
+            text.append(sparkline(self.history[direction], spark_width, peak))
+            text.append(f"{short_size(self.rates[direction])}/s".rjust(RATE_WIDTH))
+        return text
