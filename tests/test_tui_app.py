@@ -252,3 +252,28 @@ def test_help_screen_lists_keys(model):
 def test_cli_tui_missing_model(tmp_path, capsys):
     assert main(["tui", "--model", str(tmp_path / "missing")]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_output_splits_long_text(model):
+    async def scenario():
+        app = MiniLLMApp(model)
+        async with app.run_test(size=SIZE) as pilot:
+            view = app.query_one(OutputView)
+            view.start("Prompt: ")
+            pieces = [f"line {index} " * 8 + "\n" for index in range(40)]
+            for piece in pieces:
+                view.append(piece)
+            await pilot.pause()
+
+            chunks = view.chunks
+            assert len(chunks) > 1
+            shown = "\n".join(chunk.content.plain for chunk in chunks)
+            assert shown == "Prompt: " + "".join(pieces)
+            assert view.text == "".join(pieces)
+
+            view.start("Again")
+            await pilot.pause()
+            assert len(view.chunks) == 1
+            assert view.chunks[0].content.plain == "Again"
+
+    asyncio.run(scenario())

@@ -80,7 +80,7 @@ class OutputView(VerticalScroll):
         self._open_chunk.update(self._chunk_content(""))
 
     def _chunk_content(self, text: str) -> Text:
-        """The text of the open chunk, after the dimmed prompt while that is the first chunk."""
+        """Build the text of the open chunk, after the dimmed prompt while that is the first chunk."""
         content = Text(self._prompt if self._chunk_start == 0 else "", style="dim")
         content.append(text)
         return content
