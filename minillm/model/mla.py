@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm.config import ModelConfig
-from minillm.model.norm import rms_norm
+from minillm.model.norm import linear, rms_norm
 from minillm.model.rope import Rotary
 
 # The query and KV latent norms use a fixed eps in DeepSeek's reference (RMSNorm's default) and in
@@ -67,14 +67,14 @@ class MLA:
         """x (T, D) -> q_nope (T, H, N), rotated q_rope (T, H, R), cache entries (T, C + R)."""
         cfg, w = self.config, self.w
         if w.q is not None:
-            q = x @ w.q.T
+            q = linear(x, w.q)
         else:
-            q = rms_norm(x @ w.q_a.T, w.q_a_norm, LATENT_NORM_EPS) @ w.q_b.T
+            q = linear(rms_norm(linear(x, w.q_a), w.q_a_norm, LATENT_NORM_EPS), w.q_b)
         q = q.reshape(x.shape[0], self.heads, cfg.qk_head_dim)  # (T, H, N + R)
         q_nope = q[..., : cfg.qk_nope_head_dim]
         q_rope = self.rotary.apply(q[..., cfg.qk_nope_head_dim :], positions)
 
-        kv = x @ w.kv_a.T  # (T, C + R)
+        kv = linear(x, w.kv_a)  # (T, C + R)
         latent = rms_norm(kv[:, : cfg.kv_lora_rank], w.kv_a_norm, LATENT_NORM_EPS)
         k_rope = self.rotary.apply(kv[:, cfg.kv_lora_rank :], positions)
         return q_nope, q_rope, np.concatenate([latent, k_rope], axis=-1)
@@ -92,7 +92,7 @@ class MLA:
             scores.append(block_scores)
         probs = self._softmax(scores, blocks, positions)
         out = sum(np.einsum("hts,hsv->thv", p, v) for p, v in zip(probs, values))  # (T, H, V)
-        return out.reshape(out.shape[0], -1) @ self.w.o.T
+        return linear(out.reshape(out.shape[0], -1), self.w.o)
 
     def attend_absorbed(self, q_nope, q_rope, blocks, positions) -> np.ndarray:
         """Attend over the latents directly. Returns (T, H * V)."""
@@ -106,7 +106,7 @@ class MLA:
         probs = self._softmax(scores, blocks, positions)
         mixed = sum(np.einsum("hts,sc->thc", p, keys[:, :C]) for p, (keys, _) in zip(probs, blocks))  # (T, H, C)
         out = np.einsum("thc,hvc->thv", mixed, self.w_uv)  # (T, H, V): W_UV absorbed
-        return out.reshape(out.shape[0], -1) @ self.w.o.T
+        return linear(out.reshape(out.shape[0], -1), self.w.o)
 
     def _softmax(self, scores: list[np.ndarray], blocks, positions: np.ndarray) -> list[np.ndarray]:
         """Scaled, causally masked softmax over the keys of all blocks together: a query at position

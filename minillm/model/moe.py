@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm.config import ModelConfig
-from minillm.model.norm import silu, swiglu
+from minillm.model.norm import linear, silu, swiglu
 
 
 @dataclass
@@ -42,7 +42,7 @@ def _top_k(values: np.ndarray, k: int) -> np.ndarray:
 
 def route(config: ModelConfig, gate: np.ndarray, bias: np.ndarray | None, x: np.ndarray):
     """Choose experts for x (T, D). Returns indices (T, K) int64 and weights (T, K) float32."""
-    logits = x @ gate.T  # (T, E)
+    logits = linear(x, gate)  # (T, E)
     T, E = logits.shape
     if config.scoring_func == "sigmoid":
         scores = 1.0 / (1.0 + np.exp(-logits))
@@ -78,8 +78,8 @@ def run_experts(w: MoEWeights, x: np.ndarray, indices: np.ndarray, weights: np.n
     for expert in np.unique(indices):
         tokens, slot = np.nonzero(indices == expert)
         w_gate, w_up, w_down = w.experts.get(int(expert))
-        hidden = silu(x[tokens] @ w_gate.T) * (x[tokens] @ w_up.T)  # (t, F)
-        out[tokens] += (hidden @ w_down.T) * weights[tokens, slot][:, None]
+        hidden = silu(linear(x[tokens], w_gate)) * linear(x[tokens], w_up)  # (t, F)
+        out[tokens] += linear(hidden, w_down) * weights[tokens, slot][:, None]
     return out
 
 

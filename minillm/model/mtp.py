@@ -18,7 +18,7 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.model.mla import MLA
-from minillm.model.norm import rms_norm
+from minillm.model.norm import linear, rms_norm
 from minillm.model.transformer import MTPWeights, Transformer
 
 
@@ -38,7 +38,7 @@ class MTP:
         logits (T, V) for the tokens two ahead)."""
         eps = self.config.rms_norm_eps
         embedded = rms_norm(self.embed[next_ids], self.w.embed_norm, eps)
-        x = np.concatenate([embedded, rms_norm(hidden, self.w.hidden_norm, eps)], axis=-1) @ self.w.eh_proj.T
+        x = linear(np.concatenate([embedded, rms_norm(hidden, self.w.hidden_norm, eps)], axis=-1), self.w.eh_proj)
         y, _ = self.transformer.block(self.layer_index, self.w.block, self.attention, x, positions, cache, absorbed)
-        logits = rms_norm(y, self.w.head_norm, eps) @ self.head.T
+        logits = linear(rms_norm(y, self.w.head_norm, eps), self.head)
         return y, logits

@@ -1,8 +1,20 @@
-"""RMSNorm and the SwiGLU feed-forward, the two small building blocks every layer uses."""
+"""RMSNorm, linear projections and the SwiGLU feed-forward: the small building blocks of every layer."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from minillm.kernels.linear import MAX_ROWS, linear_rows
+
+
+def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """x (T, in) @ w.T for a PyTorch-layout weight w (out, in) -> (T, out), float32.
+
+    Up to kernels.linear.MAX_ROWS rows (decode, speculative verification) go through a Numba
+    kernel that reads w once for all rows; larger batches (prefill) use BLAS."""
+    if x.ndim == 2 and x.shape[0] <= MAX_ROWS and w.flags.c_contiguous and w.dtype == np.float32:
+        return linear_rows(x.astype(np.float32, copy=False), w)
+    return x @ w.T
 
 
 def rms_norm(x: np.ndarray, weight: np.ndarray, eps: float) -> np.ndarray:
@@ -17,4 +29,4 @@ def silu(x: np.ndarray) -> np.ndarray:
 
 def swiglu(x: np.ndarray, w_gate: np.ndarray, w_up: np.ndarray, w_down: np.ndarray) -> np.ndarray:
     """down(silu(gate(x)) * up(x)); weights are PyTorch-style (out, in). x (T, D) -> (T, D)."""
-    return (silu(x @ w_gate.T) * (x @ w_up.T)) @ w_down.T
+    return linear(silu(linear(x, w_gate)) * linear(x, w_up), w_down)

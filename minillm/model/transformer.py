@@ -14,7 +14,7 @@ import numpy as np
 from minillm.config import ModelConfig
 from minillm.model.mla import MLA, AttentionWeights
 from minillm.model.moe import MoEWeights, moe_forward
-from minillm.model.norm import rms_norm, swiglu
+from minillm.model.norm import linear, rms_norm, swiglu
 from minillm.model.rope import Rotary
 
 
@@ -114,4 +114,4 @@ class Transformer:
 
     def logits(self, hidden: np.ndarray) -> np.ndarray:
         """(T, D) final hidden states -> (T, V) float32 logits."""
-        return hidden @ self.weights.lm_head.T
+        return linear(hidden, self.weights.lm_head)
