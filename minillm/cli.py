@@ -123,6 +123,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(json.dumps(snapshot), file=sys.stderr, flush=True)
 
     with _tracing(model, args):
+        sys.stdout.write(args.prompt)  # the continuation reads on from the prompt, as llama.cpp prints it
         for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                     top_k=args.top_k, top_p=args.top_p, seed=args.seed,
                                     speculative=args.speculative, draft_tokens=args.draft_tokens,
