@@ -43,3 +43,14 @@ def test_generates_words(model):
     words = text.split()
     assert len(words) >= 15
     assert sum(word.strip('.,;:!?"\'').isalpha() for word in words) >= 0.8 * len(words)
+
+
+def test_transformers_loads_default_model(model):
+    """With the `ref` extra: transformers' DeepseekV3ForCausalLM runs the shipped directory as is."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    reference = transformers.DeepseekV3ForCausalLM.from_pretrained(minillm.DEFAULT_MODEL_DIR, dtype=torch.float32)
+    ids = model.tokenizer.encode("The Mole had been working very hard all the morning")
+    with torch.no_grad():
+        theirs = reference.eval()(torch.tensor([ids])).logits[0].numpy()
+    assert np.abs(model.logits(ids) - theirs).max() <= 1e-4
