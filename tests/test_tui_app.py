@@ -14,7 +14,7 @@ import minillm  # noqa: E402
 from minillm.cli import main  # noqa: E402
 from tui.app import MiniLLMApp  # noqa: E402
 from tui.help_screen import HelpScreen  # noqa: E402
-from tui.messages import StatsUpdated  # noqa: E402
+from tui.messages import GenerationProgress  # noqa: E402
 from tui.widgets import ExpertGrid, OutputView, PageMap, TierPanel  # noqa: E402
 
 # MTP for the acceptance counters, and room for a generation long enough to stop by hand.
@@ -199,7 +199,7 @@ def test_updates_follow_refresh_rate(model):
     received = []
 
     def record(message):
-        if isinstance(message, StatsUpdated):
+        if isinstance(message, GenerationProgress):
             received.append(message)
 
     async def scenario():

@@ -22,7 +22,7 @@ from textual.worker import Worker, get_current_worker
 import minillm
 from minillm.kvcalc import KVCalcError, kv_baselines, kv_cache_size
 from tui.help_screen import HelpScreen
-from tui.messages import GenerationFailed, GenerationFinished, StatsUpdated, TextGenerated
+from tui.messages import GenerationFailed, GenerationFinished, GenerationProgress
 from tui.stats import ENGRAM_COUNTERS, TIER_NAMES, RateMeter, Throttle, elapsed_seconds
 from tui.widgets import (ControlBar, ExpertGrid, InvalidSetting, OutputView, PageMap, StatsPanel,
                          TierPanel)
@@ -30,7 +30,9 @@ from tui.widgets.stats_panel import KVFootprint
 
 log = logging.getLogger(__name__)
 
-REFRESH_HZ = 8.0  # panel updates per second of generation time; tools/bench_tui.py measures their cost
+# Panel updates per second of generation time. Each costs the generation thread about as much
+# time as the app spends repainting; tools/bench_tui.py measures it.
+REFRESH_HZ = 4.0
 KV_VALUE_BYTES = 4  # the engine caches latent KV values as float32
 
 
@@ -152,8 +154,7 @@ class MiniLLMApp(App[None]):
 
         def on_snapshot(snapshot: dict) -> None:
             if throttle.due(elapsed_seconds(snapshot)):
-                self._post_text(pending)
-                self.post_message(StatsUpdated(snapshot))
+                self.post_message(GenerationProgress(take_text(pending), snapshot))
 
         stream = self.model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,
                                      seed=self.seed, speculative=speculative, on_snapshot=on_snapshot)
@@ -166,32 +167,24 @@ class MiniLLMApp(App[None]):
                     break
         except minillm.MiniLLMError as exc:
             log.error("generation failed: %s", exc)
-            self._post_text(pending)
-            self.post_message(GenerationFailed(str(exc)))
+            self.post_message(GenerationFailed(take_text(pending), str(exc)))
             return
         finally:
             stream.close()  # releases the KV pages when the loop stopped early
-        self._post_text(pending)
-        self.post_message(GenerationFinished(self.model.last_snapshot,
+        self.post_message(GenerationFinished(take_text(pending), self.model.last_snapshot,
                                              reason or self.model.last_stats.finish_reason))
 
-    def _post_text(self, pending: list[str]) -> None:
-        if pending:
-            self.post_message(TextGenerated("".join(pending)))
-            pending.clear()
-
-    @on(TextGenerated)
-    def show_text(self, message: TextGenerated) -> None:
+    @on(GenerationProgress)
+    def show_progress(self, message: GenerationProgress) -> None:
+        # Text and panels change in one handler, so Textual repaints the screen once per update.
         self.query_one(OutputView).append(message.text)
-
-    @on(StatsUpdated)
-    def show_stats(self, message: StatsUpdated) -> None:
         self._show_snapshot(message.snapshot)
         generated = message.snapshot["generation"]["generated_tokens"]
         self._set_status(f"generating: {generated} tokens")
 
     @on(GenerationFinished)
     def finish_generation(self, message: GenerationFinished) -> None:
+        self.query_one(OutputView).append(message.text)
         self._show_snapshot(message.snapshot)
         generated = message.snapshot["generation"]["generated_tokens"]
         words = {"eos": "end of text", "length": "max tokens", "context": "context full", "stopped": "stopped"}
@@ -200,6 +193,7 @@ class MiniLLMApp(App[None]):
 
     @on(GenerationFailed)
     def fail_generation(self, message: GenerationFailed) -> None:
+        self.query_one(OutputView).append(message.text)
         self.notify(message.error, title="Generation failed", severity="error", timeout=10)
         self._set_status("failed")
         self.generating = False
@@ -218,6 +212,8 @@ class MiniLLMApp(App[None]):
 
     def watch_generating(self, generating: bool) -> None:
         self.query_one(ControlBar).set_budgets_enabled(not generating)
+        # A blinking cursor repaints twice a second, work taken from the generation thread.
+        self.query_one("#prompt", Input).cursor_blink = not generating
 
     # Budgets
 
@@ -258,6 +254,13 @@ class MiniLLMApp(App[None]):
 
     def action_clear(self) -> None:
         self.query_one(OutputView).clear()
+
+
+def take_text(pending: list[str]) -> str:
+    """Join and clear the text pieces that the worker has collected since its last message."""
+    text = "".join(pending)
+    pending.clear()
+    return text
 
 
 def minillm_size(size: int) -> str:

@@ -1,4 +1,9 @@
-"""Messages that the generation worker thread posts to the app."""
+"""Messages that the generation worker thread posts to the app.
+
+Each message carries the text decoded since the previous one, so none may be dropped, and none
+defines `can_replace`. The worker posts at most `refresh_hz` progress messages per second of
+generation time, so they cannot pile up.
+"""
 
 from __future__ import annotations
 
@@ -8,27 +13,18 @@ from textual.message import Message
 
 
 @dataclass
-class TextGenerated(Message):
-    """Text decoded since the previous TextGenerated message."""
+class GenerationProgress(Message):
+    """New text and the latest statistics snapshot (`LLM.snapshot()`) of the running generation."""
 
     text: str
-
-
-@dataclass
-class StatsUpdated(Message):
-    """The latest statistics snapshot of the running generation (`LLM.snapshot()`)."""
-
     snapshot: dict
-
-    def can_replace(self, message: Message) -> bool:
-        # Only the newest snapshot matters, so a queued older one is dropped.
-        return isinstance(message, StatsUpdated)
 
 
 @dataclass
 class GenerationFinished(Message):
     """The generation ended: `reason` is "eos", "length", "context" or "stopped"."""
 
+    text: str
     snapshot: dict
     reason: str
 
@@ -37,4 +33,5 @@ class GenerationFinished(Message):
 class GenerationFailed(Message):
     """The engine raised an error during the generation."""
 
+    text: str
     error: str

@@ -26,7 +26,9 @@ class PageMap(Widget):
         # A layout pass, which costs far more than a repaint, only when the map gains or loses a row.
         rows_before = self._rows(len(self.page_map))
         self.page_map, self.page_tokens = page_map, page_tokens
-        self.border_subtitle = f"{page_tokens} tokens per page" if page_tokens else ""
+        subtitle = f"{page_tokens} tokens per page" if page_tokens else ""
+        if self.border_subtitle != subtitle:  # setting it repaints, even to the same text
+            self.border_subtitle = subtitle
         if self._rows(len(page_map)) != rows_before:
             self.refresh(layout=True)
         else:
