@@ -254,26 +254,28 @@ def test_cli_tui_missing_model(tmp_path, capsys):
     assert "model directory not found" in capsys.readouterr().err
 
 
-def test_output_splits_long_text(model):
+def test_output_wraps_long_text(model):
     async def scenario():
         app = MiniLLMApp(model)
         async with app.run_test(size=SIZE) as pilot:
             view = app.query_one(OutputView)
             view.start("Prompt: ")
-            pieces = [f"line {index} " * 8 + "\n" for index in range(40)]
+            pieces = [f"line {index} " * 8 + "\n" for index in range(40)] + ["\n", "last words"]
             for piece in pieces:
                 view.append(piece)
             await pilot.pause()
 
-            chunks = view.chunks
-            assert len(chunks) > 1
-            shown = "\n".join(chunk.content.plain for chunk in chunks)
-            assert shown == "Prompt: " + "".join(pieces)
+            width = view.scrollable_content_region.width
+            assert all(len(line) <= width for line in view.lines)
+            assert len(view.lines) > 42  # each 56-character line wraps in the 50-column pane
+            shown = " ".join(" ".join(view.lines).split())
+            assert shown == " ".join(("Prompt: " + "".join(pieces)).split())
+            assert view.lines[-2:] == ["", "last words"]
             assert view.text == "".join(pieces)
+            assert view.is_vertical_scroll_end
 
             view.start("Again")
             await pilot.pause()
-            assert len(view.chunks) == 1
-            assert view.chunks[0].content.plain == "Again"
+            assert view.lines == ["Again"]
 
     asyncio.run(scenario())

@@ -147,9 +147,11 @@ class MiniLLMApp(App[None]):
 
     @work(thread=True, exclusive=True, group="generation")
     def generate(self, prompt: str, temperature: float, max_tokens: int, speculative: str) -> None:
-        """Stream tokens from the engine, posting text and snapshots at most `refresh_hz` times a second."""
+        """Stream tokens from the engine, posting text and snapshots at most `refresh_hz` times a second.
+
+        With `refresh_hz` 0 nothing is posted until the generation ends."""
         worker = get_current_worker()
-        throttle = Throttle(1.0 / self.refresh_hz)
+        throttle = Throttle(1.0 / self.refresh_hz) if self.refresh_hz > 0 else None
         pending: list[str] = []
 
         def on_snapshot(snapshot: dict) -> None:
@@ -157,7 +159,8 @@ class MiniLLMApp(App[None]):
                 self.post_message(GenerationProgress(take_text(pending), snapshot))
 
         stream = self.model.generate(prompt, max_new_tokens=max_tokens, temperature=temperature,
-                                     seed=self.seed, speculative=speculative, on_snapshot=on_snapshot)
+                                     seed=self.seed, speculative=speculative,
+                                     on_snapshot=on_snapshot if throttle else None)
         reason = ""
         try:
             for piece in stream:

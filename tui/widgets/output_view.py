@@ -5,8 +5,9 @@ from __future__ import annotations
 import unicodedata
 
 from rich.text import Text
-from textual.containers import VerticalScroll
-from textual.widgets import Static
+from textual.geometry import Size
+from textual.scroll_view import ScrollView
+from textual.strip import Strip
 
 
 def printable(text: str) -> str:
@@ -17,27 +18,25 @@ def printable(text: str) -> str:
     return "".join(char if char in "\n\t" or unicodedata.category(char) != "Cc" else "\ufffd" for char in text)
 
 
-CHUNK_CHARS = 500  # a chunk is closed at its last newline once it is longer than this
+class OutputView(ScrollView, can_focus=True):
+    """Scrolling pane with the dimmed prompt and the text generated after it, word-wrapped.
 
-
-class OutputView(VerticalScroll):
-    """Scrolling pane with the prompt and the text generated after it.
-
-    The text is split into Static chunks at newlines, so an update re-wraps and repaints only
-    the last chunk, and the cost of a refresh does not grow with the length of the output.
-    Text starts at the top. Once it overflows, the pane is anchored and follows the newest
-    line until the user scrolls up. It is not anchored from the start, because Textual aligns
-    anchored content that is shorter than the pane to the bottom."""
+    Lines are drawn with Textual's line API: an update re-wraps only the last paragraph and
+    changes the virtual size, with no layout pass of the screen. A Static that grows with the
+    text would make every refresh lay out and paint the screen twice, which cost more than all
+    the other panels together. The pane follows the newest line while it is scrolled to the end.
+    """
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
         self._prompt = ""
         self._text = ""
-        self._chunk_start = 0  # offset in _text where the open (last) chunk begins
-        self._open_chunk = Static(classes="output-chunk")
-
-    def compose(self):
-        yield self._open_chunk
+        self._done: list[Text] = []  # wrapped lines of the paragraphs before the last newline
+        self._done_chars = 0  # characters of prompt + text that _done covers, newlines included
+        self._open: list[Text] = []  # wrapped lines of the last paragraph
+        self._width = 0
+        self._following = True  # scroll to each new line; off while the user has scrolled up
+        self._strips: dict[int, Strip] = {}  # rendered lines of _done, by index
 
     @property
     def text(self) -> str:
@@ -45,46 +44,84 @@ class OutputView(VerticalScroll):
         return self._text
 
     @property
-    def chunks(self) -> list[Static]:
-        return list(self.query(".output-chunk").results(Static))
+    def lines(self) -> list[str]:
+        """The wrapped lines as shown, without styles."""
+        return [line.plain for line in self._done + self._open]
 
     def start(self, prompt: str) -> None:
         """Clear the pane and show `prompt` dimmed, ready for its continuation."""
-        self._reset(printable(prompt))
+        self._prompt, self._text = printable(prompt), ""
+        self._following = True
+        self._rewrap_all()
+        self.scroll_home(animate=False, immediate=True)
 
     def clear(self) -> None:
-        self._reset("")
+        self.start("")
 
     def append(self, text: str) -> None:
         if not text:
             return
         self._text += printable(text)
-        tail = self._text[self._chunk_start:]
-        cut = tail.rfind("\n")
-        if len(tail) > CHUNK_CHARS and cut > 0:
-            # Close the chunk at its last newline; the next chunk starts on the following line.
-            self._open_chunk.update(self._chunk_content(tail[:cut]))
-            self._chunk_start += cut + 1
-            tail = tail[cut + 1:]
-            self._open_chunk = Static(classes="output-chunk")
-            self.mount(self._open_chunk)
-        self._open_chunk.update(self._chunk_content(tail))
-        self.call_after_refresh(self._anchor_when_overflowing)
+        self._wrap_tail()
+        if self._following:
+            # Not immediate: the new max_scroll_y is known only after the next refresh.
+            self.scroll_end(animate=False, x_axis=False)
 
-    def _reset(self, prompt: str) -> None:
-        self._prompt, self._text, self._chunk_start = prompt, "", 0
-        self.anchor(False)
-        for chunk in self.chunks[1:]:
-            chunk.remove()
-        self._open_chunk = self.chunks[0] if self.chunks else self._open_chunk
-        self._open_chunk.update(self._chunk_content(""))
+    def watch_scroll_y(self, old: float, new: float) -> None:
+        super().watch_scroll_y(old, new)
+        if new < old:
+            self._following = False
+        elif new >= self.max_scroll_y:
+            self._following = True
 
-    def _chunk_content(self, text: str) -> Text:
-        """Build the text of the open chunk, after the dimmed prompt while that is the first chunk."""
-        content = Text(self._prompt if self._chunk_start == 0 else "", style="dim")
-        content.append(text)
+    def on_resize(self) -> None:
+        if self.scrollable_content_region.width != self._width:
+            self._rewrap_all()
+
+    def _full_text(self) -> Text:
+        content = Text(self._prompt, style="dim")
+        content.append(self._text)
         return content
 
-    def _anchor_when_overflowing(self) -> None:
-        if not self.is_anchored and self.max_scroll_y > 0:
-            self.anchor()
+    def _rewrap_all(self) -> None:
+        self._done, self._done_chars = [], 0
+        self._strips.clear()
+        self._wrap_tail()
+
+    def _wrap_tail(self) -> None:
+        """Wrap the text after the last completed paragraph, moving finished paragraphs to _done."""
+        self._width = max(1, self.scrollable_content_region.width or 1)
+        content = self._full_text()
+        tail = content[self._done_chars:]
+        cut = tail.plain.rfind("\n")
+        if cut >= 0:
+            self._done.extend(self._wrap(tail[:cut]))
+            self._done_chars += cut + 1
+            tail = tail[cut + 1:]
+        self._open = self._wrap(tail)
+        self.virtual_size = Size(self._width, len(self._done) + len(self._open))
+        self.refresh()
+
+    def _wrap(self, text: Text) -> list[Text]:
+        return list(text.wrap(self.app.console, self._width)) or [Text()]
+
+    def render_line(self, y: int) -> Strip:
+        scroll_x, scroll_y = self.scroll_offset
+        index = scroll_y + y
+        width = self.scrollable_content_region.width
+        style = self.rich_style
+        done = len(self._done)
+        if index < done:
+            strip = self._strips.get(index)
+            if strip is None:
+                strip = self._strips[index] = self._render_text_line(self._done[index])
+        elif index - done < len(self._open):
+            strip = self._render_text_line(self._open[index - done])
+        else:
+            return Strip.blank(width, style)
+        return strip.crop_extend(scroll_x, scroll_x + width, style)
+
+    def _render_text_line(self, line: Text) -> Strip:
+        line = line.copy()
+        line.stylize_before(self.rich_style)
+        return Strip(line.render(self.app.console), line.cell_len)
