@@ -40,6 +40,8 @@ def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: 
     or more when the experts need less).
     """
     path = Path(path) if path is not None else DEFAULT_MODEL_DIR
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"model path {path} is a file: pass the checkpoint directory that holds config.json")
     if not path.is_dir():
         hint = "; the default model ships in weights/ of a source checkout" if path == DEFAULT_MODEL_DIR else ""
         raise ConfigError(f"model directory not found: {path}{hint}")

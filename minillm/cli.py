@@ -123,11 +123,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
             print(json.dumps(snapshot), file=sys.stderr, flush=True)
 
     with _tracing(model, args):
-        sys.stdout.write(args.prompt)  # the continuation reads on from the prompt, as llama.cpp prints it
-        for piece in model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                                    top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                                    speculative=args.speculative, draft_tokens=args.draft_tokens,
-                                    on_snapshot=report):
+        pieces = model.generate(args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                                speculative=args.speculative, draft_tokens=args.draft_tokens, on_snapshot=report)
+        # The first piece comes once every argument and the prompt are checked, so a rejected request
+        # prints nothing. Then the prompt is echoed and the continuation reads on from it, as in llama.cpp.
+        first = next(pieces, "")
+        sys.stdout.write(args.prompt + first)
+        sys.stdout.flush()
+        for piece in pieces:
             sys.stdout.write(piece)
             sys.stdout.flush()
     sys.stdout.write("\n")

@@ -152,7 +152,7 @@ class LLM:
             raise GenerationError(f"token id {int(bad[0])} is outside the vocabulary (0..{self.config.vocab_size - 1})")
         if array.size > self.config.max_position_embeddings:
             raise GenerationError(f"the prompt has {array.size} tokens, more than the model's "
-                                  f"max_position_embeddings ({self.config.max_position_embeddings})")
+                                  f"max_position_embeddings ({self.config.max_position_embeddings}): shorten it")
         return array
 
     def _prompt_ids(self, prompt: str | Sequence[int]) -> np.ndarray:

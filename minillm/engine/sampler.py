@@ -21,6 +21,8 @@ class SamplingParams:
             raise GenerationError(f"invalid temperature {self.temperature!r}: use 0 for greedy or a positive number")
         if not (isinstance(self.top_k, int) and self.top_k >= 0):
             raise GenerationError(f"invalid top_k {self.top_k!r}: use 0 to disable or a positive integer")
+        if self.seed is not None and not (isinstance(self.seed, int) and self.seed >= 0):
+            raise GenerationError(f"invalid seed {self.seed!r}: use a non-negative integer")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
             raise GenerationError(f"invalid top_p {self.top_p!r}: use a number in (0, 1]; 1 disables it")
 

@@ -22,6 +22,8 @@ import numpy as np
 from minillm.engine.kv_cache import LatentCache
 from minillm.engine.sampler import Sampler, probabilities
 
+PREFILL_CHUNK_TOKENS = 256  # MTP positions per forward pass when it catches up with a prompt
+
 
 def accept_draft(p: np.ndarray, q: np.ndarray, draft: int, rng: np.random.Generator) -> int | None:
     """The speculative sampling rule for one draft token drawn from q, with target p (both (V,)).
@@ -61,7 +63,14 @@ class SpeculativeDecoder:
     def _draft(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache: LatentCache,
                count: int) -> tuple[list[int], list[np.ndarray | None]]:
         """Run the MTP module over the new positions, then chain it for `count` drafts."""
-        y, logits = self.mtp.forward(hidden, next_ids, positions, cache)
+        # a long prompt goes through in chunks on the naive path, as the main model's prefill does
+        chunk = PREFILL_CHUNK_TOKENS
+        tail = (positions.size - 1) // chunk * chunk  # start of the last chunk
+        for lo in range(0, tail, chunk):
+            self.mtp.forward(hidden[lo : lo + chunk], next_ids[lo : lo + chunk], positions[lo : lo + chunk], cache,
+                             absorbed=False)
+        y, logits = self.mtp.forward(hidden[tail:], next_ids[tail:], positions[tail:], cache,
+                                     absorbed=positions.size - tail <= 4)
         drafts, dists = [], []
         for j in range(count):
             token, dist = self._draw(logits[-1])

@@ -185,4 +185,7 @@ def clear(cache_dir: Path) -> int:
         for path in list(root.glob("*/*.kvpage")) + list(root.glob("*/.*.tmp")):
             path.unlink(missing_ok=True)
             removed += 1
+        for model_dir in root.iterdir():
+            if model_dir.is_dir() and not any(model_dir.iterdir()):
+                model_dir.rmdir()
     return removed
