@@ -115,6 +115,7 @@ def test_cli_generate_with_stats(tiny_model_dir):
     (["--model", "/nonexistent/model"], "model directory not found: /nonexistent/model"),
     (["--top-p", "2"], "invalid top_p 2.0"),
     (["--temperature", "-1"], "invalid temperature -1.0"),
+    (["--seed", "-1"], "invalid seed -1"),
 ])
 def test_cli_errors_are_one_line(tiny_model_dir, args, message):
     base = ["generate", "--prompt", "hi"] + ([] if "--model" in args else ["--model", str(tiny_model_dir)])

@@ -48,6 +48,7 @@ def test_seed_reproducible_and_frequencies_match():
     ({"top_k": -3}, "invalid top_k -3"),
     ({"top_p": 0.0}, "invalid top_p 0.0"),
     ({"top_p": 1.5}, "invalid top_p 1.5"),
+    ({"seed": -1}, "invalid seed -1"),
 ])
 def test_invalid_settings(kwargs, message):
     with pytest.raises(GenerationError, match=message):
