@@ -278,4 +278,10 @@ def test_output_wraps_long_text(model):
             await pilot.pause()
             assert view.lines == ["Again"]
 
+            # A second long text is followed to its end too.
+            for piece in pieces:
+                view.append(piece)
+            await pilot.pause()
+            assert view.is_vertical_scroll_end
+
     asyncio.run(scenario())

@@ -51,9 +51,9 @@ class OutputView(ScrollView, can_focus=True):
     def start(self, prompt: str) -> None:
         """Clear the pane and show `prompt` dimmed, ready for its continuation."""
         self._prompt, self._text = printable(prompt), ""
-        self._following = True
         self._rewrap_all()
         self.scroll_home(animate=False, immediate=True)
+        self._following = True  # after scroll_home, whose upward scroll switches it off
 
     def clear(self) -> None:
         self.start("")
