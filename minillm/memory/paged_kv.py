@@ -87,7 +87,7 @@ class PagedKVCache:
         return None
 
     def _page_data(self, page: int) -> np.ndarray:
-        """The page's values (L, P, W) wherever it lives (a view for dram and ssd, a copy for hbm)."""
+        """Return the page's values (L, P, W) wherever it lives: a view for dram and ssd, a copy for hbm."""
         tier, where = self.tier[page], self.where[page]
         if tier == "hbm":
             return self.hot[:, where * self.P : (where + 1) * self.P].copy()
@@ -116,7 +116,7 @@ class PagedKVCache:
         return self._spill_factory is not None and self.memory.tiers["ssd"].free_bytes >= self.page_bytes
 
     def _spill(self) -> SpillFile:
-        """The ssd tier's spill file, created on first use."""
+        """Return the ssd tier's spill file, creating it on first use."""
         if self.spill is None:
             self.spill = self._spill_factory()
         return self.spill
@@ -262,7 +262,7 @@ class PagedKVCache:
             self.version += 1
 
     def page_map(self) -> str:
-        """One letter per page in position order: h (hbm), d (dram) or s (ssd)."""
+        """Return one letter per page in position order: h (hbm), d (dram) or s (ssd)."""
         with self._lock:
             return "".join(tier[0] for tier in self.tier)
 
@@ -270,7 +270,7 @@ class PagedKVCache:
         return LayerView(self, layer)
 
     def page(self, page: int) -> np.ndarray:
-        """A copy of one page's values (L, P, W), for the prefix cache."""
+        """Return a copy of one page's values (L, P, W), for the prefix cache."""
         with self._lock:
             return np.array(self._page_data(page))
 

@@ -38,7 +38,7 @@ class PrefixCacheError(Exception):
 
 
 def model_fingerprint(directory: Path) -> str:
-    """A hash of config.json and every weights file's size and safetensors header."""
+    """Hash config.json and every weights file's size and safetensors header."""
     digest = hashlib.sha256()
     for path in sorted(directory.glob("*.json")) + sorted(directory.glob("*.safetensors")):
         if path.suffix == ".json" and path.name != "config.json":
@@ -85,7 +85,7 @@ class PrefixCache:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
     def read(self, ids: np.ndarray, page: int, shape: tuple[int, int, int]) -> np.ndarray | None:
-        """The cached page (layers, P, W), or None when it is absent or unusable."""
+        """Return the cached page (layers, P, W), or None when it is absent or unusable."""
         path = self.directory / f"{self.key(ids, page)}.kvpage"
         try:
             data = path.read_bytes()
@@ -164,7 +164,7 @@ class PrefixCache:
 
 
 def list_entries(cache_dir: Path) -> list[dict]:
-    """One row per model directory in the prefix cache: pages and bytes."""
+    """List each model directory in the prefix cache with its pages and bytes."""
     rows = []
     for model_dir in sorted((cache_dir / "prefix").glob("*")):
         if not model_dir.is_dir():
