@@ -18,7 +18,7 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.errors import MemoryConfigError
-from minillm.memory.expert_cache import ExpertCache
+from minillm.memory.expert_cache import ExpertCache, StreamedExperts
 from minillm.memory.paged_kv import PagedKVCache
 from minillm.memory.prefix_cache import PrefixCache, model_fingerprint
 from minillm.memory.sizes import format_size
@@ -45,7 +45,7 @@ def pinned_bytes(weights: ModelWeights) -> int:
                 total += item.nbytes
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
-        elif hasattr(item, "__dict__") and type(item).__name__ != "StreamedExperts":
+        elif hasattr(item, "__dict__") and not isinstance(item, StreamedExperts):
             stack.extend(vars(item).values())
     return total
 
@@ -104,7 +104,7 @@ def plan_memory(config: MemoryConfig, model_config: ModelConfig, model_dir: Path
 
 
 def _usable_cache_dir(path: Path) -> Path | None:
-    """The directory if it can be created and written, else None (with one warning)."""
+    """Return the directory if it can be created and written, else None (with one warning)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / f".write-test-{os.getpid()}"
