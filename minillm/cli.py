@@ -110,7 +110,7 @@ def _load(args: argparse.Namespace) -> minillm.LLM:
 
 
 def final_stats(model: minillm.LLM) -> dict:
-    """The --stats object: this generation's counters over the last snapshot of the tiers."""
+    """Merge this generation's counters over the last snapshot of the tiers: the --stats object."""
     return {**model.last_snapshot, **model.last_stats.to_dict()}
 
 
@@ -146,7 +146,10 @@ def cmd_generate(args: argparse.Namespace) -> int:
 @contextlib.contextmanager
 def _tracing(model: minillm.LLM, args: argparse.Namespace):
     """Attach a Tracer for --trace / --trace-file around the generation; otherwise do nothing."""
-    tokens = args.trace if args.trace is not None else (1 if args.trace_file is not None else 0)
+    if args.trace is not None:
+        tokens = args.trace
+    else:
+        tokens = 1 if args.trace_file is not None else 0  # --trace-file alone traces one token
     if tokens == 0:
         yield
         return

@@ -7,7 +7,7 @@ class MiniLLMError(Exception):
 
 
 class ConfigError(MiniLLMError):
-    """config.json is missing, unsupported or holds an invalid value."""
+    """config.json is missing, unsupported or contains an invalid value."""
 
 
 class CheckpointError(MiniLLMError):

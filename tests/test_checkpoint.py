@@ -19,7 +19,8 @@ def test_e4m3_table_known_values():
     assert E4M3_TO_F32[0x7E] == 448.0
     assert E4M3_TO_F32[0x01] == 2.0**-9
     assert E4M3_TO_F32[0xB8] == -1.0
-    assert np.isnan(E4M3_TO_F32[0x7F]) and np.isnan(E4M3_TO_F32[0xFF])
+    assert np.isnan(E4M3_TO_F32[0x7F])
+    assert np.isnan(E4M3_TO_F32[0xFF])
 
 
 def test_bf16_round_trip_rounds_to_nearest_even():

@@ -29,7 +29,8 @@ def test_rope_parameters_spelling():
     raw["rope_parameters"] = {"rope_type": "yarn", "rope_theta": 5000.0, "factor": 2.0,
                               "original_max_position_embeddings": 64, "mscale_all_dim": 1.0}
     config = ModelConfig.from_dict(raw)
-    assert config.rope.theta == 5000.0 and config.rope.factor == 2.0
+    assert config.rope.theta == 5000.0
+    assert config.rope.factor == 2.0
 
 
 def test_layer_kinds():

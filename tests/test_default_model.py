@@ -18,7 +18,8 @@ def model(tmp_path_factory):
 def test_default_model_is_a_deepseek_v3_with_mtp(model):
     assert model.path == minillm.DEFAULT_MODEL_DIR
     assert model.config.model_type == "deepseek_v3"
-    assert model.config.scoring_func == "sigmoid" and model.config.topk_method == "noaux_tc"
+    assert model.config.scoring_func == "sigmoid"
+    assert model.config.topk_method == "noaux_tc"
     assert model.mtp is not None
     assert model.config.max_position_embeddings >= 16384
 

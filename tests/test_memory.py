@@ -262,7 +262,8 @@ def test_cli_tier_flags_and_cache_command(model_dir, tmp_path):
     assert len(lines) == 4  # three snapshots (tokens 2, 4, 6) and the final statistics
     final = lines[-1]
     assert set(final["tiers"]) == {"hbm", "dram", "ssd"}
-    assert "time_to_first_token_seconds" in final and final["prefix_cache_hit_tokens"] == 0
+    assert "time_to_first_token_seconds" in final
+    assert final["prefix_cache_hit_tokens"] == 0
 
     again = subprocess.run(args + ["generate", *common, "--prompt", prompt, "-n", "6", "--temperature", "0",
                                    "--stats"], capture_output=True, text=True)
@@ -272,7 +273,8 @@ def test_cli_tier_flags_and_cache_command(model_dir, tmp_path):
     listing = subprocess.run(args + ["cache", "list", "--cache-dir", str(tmp_path)], capture_output=True, text=True)
     assert "pages" in listing.stdout
     cleared = subprocess.run(args + ["cache", "clear", "--cache-dir", str(tmp_path)], capture_output=True, text=True)
-    assert cleared.returncode == 0 and not page_files(tmp_path)
+    assert cleared.returncode == 0
+    assert not page_files(tmp_path)
 
     bad = subprocess.run(args + ["generate", *common, "--prompt", "x", "--hbm", "lots"], capture_output=True, text=True)
     assert bad.returncode == 2

@@ -20,7 +20,8 @@ def test_yarn_keeps_fast_and_divides_slow_dims():
     # DeepSeek-V3: correction range low = 10, high = 23 pairs
     np.testing.assert_allclose(yarn[:10], base[:10], rtol=1e-6)
     np.testing.assert_allclose(yarn[23:], base[23:] / 40.0, rtol=1e-6)
-    assert np.all(yarn[10:23] <= base[10:23]) and np.all(yarn[10:23] >= base[10:23] / 40.0)
+    assert np.all(yarn[10:23] <= base[10:23])
+    assert np.all(yarn[10:23] >= base[10:23] / 40.0)
     assert attention_factor == pytest.approx(1.0)
 
 

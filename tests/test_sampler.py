@@ -27,7 +27,8 @@ def test_top_p_keeps_smallest_prefix_reaching_mass():
 
 def test_temperature_sharpens():
     cold = probabilities(LOGITS, SamplingParams(temperature=0.5))
-    assert cold[0] > 0.5 and cold.sum() == pytest.approx(1.0)
+    assert cold[0] > 0.5
+    assert cold.sum() == pytest.approx(1.0)
 
 
 def test_seed_reproducible_and_frequencies_match():

@@ -81,15 +81,15 @@ def test_caches_rolled_back_after_rejection(mtp_model, monkeypatch):
     prompt = [0, 4, 8, 15, 16, 23, 42]
     expected = plain_greedy(mtp_model, prompt, 12)
     monkeypatch.setattr(mtp_model, "mtp", OracleMTP(prompt + expected, MTP_CONFIG["vocab_size"], wrong=range(200)))
-    made = []
+    kv_caches = []
     original = mtp_model.plan.new_kv_cache
-    monkeypatch.setattr(mtp_model.plan, "new_kv_cache", lambda *args: made.append(original(*args)) or made[-1])
+    monkeypatch.setattr(mtp_model.plan, "new_kv_cache", lambda *args: kv_caches.append(original(*args)) or kv_caches[-1])
     got = list(mtp_model.generate_ids(prompt, max_new_tokens=12, temperature=0, stop_at_eos=False,
                                       speculative="mtp", draft_tokens=3))
     assert got == expected
     assert mtp_model.last_stats.accepted_tokens == 0
-    # every rejected draft was dropped: the cache holds the prompt and the tokens fed back so far
-    assert made[0].lengths == [len(prompt) + len(expected) - 1] * MTP_CONFIG["num_hidden_layers"]
+    # every rejected draft was dropped: the cache contains the prompt and the tokens fed back so far
+    assert kv_caches[0].lengths == [len(prompt) + len(expected) - 1] * MTP_CONFIG["num_hidden_layers"]
 
 
 def test_speculative_mtp_needs_mtp_weights(tiny_model_dir):

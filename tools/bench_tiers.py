@@ -32,7 +32,7 @@ PAGE = 64
 def prompt_ids(model, text: str, tokens: int) -> list[int]:
     ids = model.tokenizer.encode(text)
     if len(ids) < tokens:
-        raise SystemExit(f"--text holds {len(ids)} tokens, fewer than the {tokens} this benchmark needs")
+        raise SystemExit(f"--text contains {len(ids)} tokens, fewer than the {tokens} this benchmark needs: pass a longer text")
     return ids[:tokens]
 
 

@@ -33,7 +33,7 @@ class PerplexityResult:
 
 
 def default_context(config) -> int:
-    """The trained context length for YaRN models, else max_position_embeddings capped at 1024."""
+    """Return the trained context length for YaRN models, else max_position_embeddings capped at 1024."""
     if config.rope.rope_type == "yarn" and config.rope.original_max_position_embeddings:
         return config.rope.original_max_position_embeddings
     return min(config.max_position_embeddings, 1024)

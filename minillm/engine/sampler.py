@@ -32,7 +32,7 @@ class SamplingParams:
 
 
 def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """The distribution sampling draws from (V,): temperature, then top-k, then top-p, renormalised."""
+    """Return the distribution (V,) that sampling draws from: temperature, then top-k, then top-p, renormalised."""
     scaled = logits.astype(np.float64) / params.temperature
     if 0 < params.top_k < scaled.size:
         kth = np.partition(scaled, -params.top_k)[-params.top_k]

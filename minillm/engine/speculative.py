@@ -26,7 +26,7 @@ PREFILL_CHUNK_TOKENS = 256  # MTP positions per forward pass when it catches up 
 
 
 def accept_draft(p: np.ndarray, q: np.ndarray, draft: int, rng: np.random.Generator) -> int | None:
-    """The speculative sampling rule for one draft token drawn from q, with target p (both (V,)).
+    """Apply the speculative sampling rule to one draft token drawn from q, with target p (both (V,)).
 
     Returns None when the draft is accepted, else the replacement token drawn from max(0, p - q).
     """

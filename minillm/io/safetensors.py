@@ -150,7 +150,7 @@ class SafetensorsFile:
         return TensorInfo(dtype, shape, data_start + begin, data_start + end)
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored bits as a read-only array view of the mapped file (no copy)."""
+        """Return the stored bits as a read-only array view of the mapped file (no copy)."""
         info = self.tensors[name]
         storage = STORAGE_DTYPES[info.dtype]
         if info.end == info.start:
@@ -159,7 +159,7 @@ class SafetensorsFile:
                              offset=info.start).reshape(info.shape)
 
     def tensor(self, name: str) -> np.ndarray:
-        """The tensor converted for compute: floats become float32 (a new array), integers are kept."""
+        """Return the tensor converted for compute: floats become float32 (a new array), integers are kept."""
         info = self.tensors[name]
         raw = self.raw(name)
         if info.dtype == "BF16":

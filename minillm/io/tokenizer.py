@@ -73,7 +73,7 @@ class Tokenizer:
         return self.hf.get_vocab_size()
 
     def encode(self, text: str, add_bos: bool | None = None) -> list[int]:
-        """Token ids for text, with BOS first when the tokenizer config asks for it."""
+        """Encode text to token ids, with BOS first when tokenizer_config.json sets add_bos_token."""
         ids = self.hf.encode(text, add_special_tokens=False).ids
         if (self.add_bos if add_bos is None else add_bos) and self.bos_id is not None:
             ids = [self.bos_id] + ids

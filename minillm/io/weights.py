@@ -72,7 +72,7 @@ def _ffn_shapes(cfg: ModelConfig, p: str, moe: bool, fused: bool) -> dict[str, t
 
 
 def stored_mtp_modules(cfg: ModelConfig, names: set[str]) -> int:
-    """How many of the config's MTP modules the checkpoint holds. transformers' save_pretrained
+    """Count the config's MTP modules that the checkpoint stores. transformers' save_pretrained
     drops them while keeping num_nextn_predict_layers, so absent modules are allowed."""
     count = 0
     while count < cfg.num_nextn_predict_layers:

@@ -23,7 +23,7 @@ from minillm.model.norm import linear, rms_norm
 from minillm.model.rope import Rotary
 
 # The query and KV latent norms use a fixed eps in DeepSeek's reference (RMSNorm's default) and in
-# transformers' DeepseekV2/V3 (v5), whatever rms_norm_eps says.
+# transformers' DeepseekV2/V3 (v5), whatever rms_norm_eps is.
 LATENT_NORM_EPS = 1e-6
 
 

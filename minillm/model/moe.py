@@ -84,7 +84,7 @@ def run_experts(w: MoEWeights, x: np.ndarray, indices: np.ndarray, weights: np.n
 
 
 def run_experts_reference(w: MoEWeights, x: np.ndarray, indices: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """The same sum, one token and one expert at a time: the plain reference for run_experts."""
+    """Compute the same sum one token and one expert at a time: the plain reference for run_experts."""
     out = np.zeros_like(x)
     for t in range(x.shape[0]):
         for slot, expert in enumerate(indices[t]):

@@ -82,7 +82,7 @@ class Transformer:
 
     def block(self, index: int, layer: LayerWeights, attention: MLA, h: np.ndarray, positions: np.ndarray,
               cache=None, absorbed: bool = False) -> tuple[np.ndarray, LayerOutput]:
-        """One decoder layer on h (T, D), pre-norm residual form."""
+        """Run one decoder layer on h (T, D), in pre-norm residual form."""
         eps = self.config.rms_norm_eps
         h = h + attention.forward(rms_norm(h, layer.input_norm, eps), positions, cache, absorbed)
         x = rms_norm(h, layer.post_attention_norm, eps)
