@@ -298,8 +298,8 @@ class LLM:
                 stats.decode_seconds = now - decode_started
                 if self.tracer is not None:
                     self.tracer.on_token(token)
-                self.last_snapshot = self.snapshot()
-                if on_snapshot is not None:
+                if on_snapshot is not None:  # a snapshot costs about 0.1 ms: only build one for a listener
+                    self.last_snapshot = self.snapshot()
                     on_snapshot(self.last_snapshot)
                 yield token
                 if stop_at_eos and token in self.eos_ids:
@@ -311,6 +311,7 @@ class LLM:
         finally:
             if decode_threads is not None:
                 decode_threads.restore_original_limits()
+            self.last_snapshot = self.snapshot()  # before close(), which releases every page
             kv.close()
             self._kv = None
 
