@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from minillm.engram_config import EngramConfig, parse_engram
 from minillm.errors import ConfigError
 
 SUPPORTED_MODEL_TYPES = ("deepseek_v3", "deepseek_v2")
@@ -81,6 +82,9 @@ class ModelConfig:
 
     # multi-token prediction modules stored after the main layers
     num_nextn_predict_layers: int = 0
+
+    # Engram n-gram memory (the optional "engram" block); None for a plain DeepseekV2/V3
+    engram: EngramConfig | None = None
 
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
@@ -319,5 +323,6 @@ def _parse_config(raw: dict[str, Any]) -> ModelConfig:
         first_k_dense_replace=_get(raw, "first_k_dense_replace", int, 0),
         moe_layer_freq=_get(raw, "moe_layer_freq", int, 1),
         num_nextn_predict_layers=_get(raw, "num_nextn_predict_layers", int, 0),
+        engram=parse_engram(raw, _get(raw, "num_hidden_layers", int), _get(raw, "vocab_size", int)),
         extra=raw,
     )

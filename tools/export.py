@@ -32,7 +32,7 @@ from tools.torch_model import DeepseekV3LM, ModelConfig  # noqa: E402
 logger = logging.getLogger(__name__)
 
 # Budget for model.safetensors: the default model is committed to the repository.
-DEFAULT_SIZE_LIMIT_BYTES = 32 * 1000 * 1000
+DEFAULT_SIZE_LIMIT_BYTES = 48 * 1000 * 1000
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 # Tensors kept in float32 whatever the export dtype: they are small, and the router's
 # expert choice is sensitive to rounding of its inputs.
@@ -83,6 +83,7 @@ def hf_config(config: ModelConfig, dtype: torch.dtype) -> dict:
         "initializer_range": config.initializer_range,
         "use_cache": True,
         "torch_dtype": str(dtype).removeprefix("torch."),
+        **({"engram": dict(config.engram)} if config.engram else {}),
     }
 
 
@@ -122,7 +123,9 @@ def hf_state_dict(model: DeepseekV3LM) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def _storage_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+def _storage_dtype(tensor: torch.Tensor, name: str, dtype: torch.dtype) -> torch.dtype:
+    if not tensor.is_floating_point():
+        return tensor.dtype  # Engram's token map, multipliers and table sizes stay int64
     return torch.float32 if name.endswith(_FLOAT32_SUFFIXES) else dtype
 
 
@@ -142,7 +145,7 @@ def export_model(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     tensors = {
-        name: tensor.detach().to("cpu", _storage_dtype(name, dtype)).contiguous().clone()
+        name: tensor.detach().to("cpu", _storage_dtype(tensor, name, dtype)).contiguous().clone()
         for name, tensor in hf_state_dict(model).items()
     }
     weights_path = out_dir / "model.safetensors"

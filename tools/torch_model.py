@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tools.torch_engram import Engram
 from tools.torch_moe import MoE, SwiGLU
 
 
@@ -56,6 +57,8 @@ class ModelConfig:
     bos_token_id: int = 0
     eos_token_id: int = 1
     initializer_range: float = 0.02
+    # Engram settings (keys as in config.json's "engram" block); None trains a plain DeepseekV3.
+    engram: dict | None = None
     # Training-only: weight of the sequence-wise balance loss.
     balance_loss_alpha: float = 1e-4
 
@@ -204,14 +207,22 @@ class MLAttention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, config: ModelConfig, softmax_scale: float, use_moe: bool) -> None:
+    def __init__(self, config: ModelConfig, softmax_scale: float, use_moe: bool, layer_id: int | None = None) -> None:
         super().__init__()
+        if config.engram and layer_id in config.engram["layer_ids"]:
+            self.engram = Engram(config.engram, layer_id, config.hidden_size, config.vocab_size,
+                                 config.rms_norm_eps, RMSNorm)
+        else:
+            self.engram = None
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.self_attn = MLAttention(config, softmax_scale)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MoE(config) if use_moe else SwiGLU(config.hidden_size, config.intermediate_size)
 
-    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                input_ids: torch.Tensor | None = None) -> torch.Tensor:
+        if self.engram is not None:
+            h = h + self.engram(h, input_ids)
         h = h + self.self_attn(self.input_layernorm(h), cos, sin)
         return h + self.mlp(self.post_attention_layernorm(h))
 
@@ -244,7 +255,7 @@ class DeepseekV3LM(nn.Module):
         self.model = nn.Module()
         self.model.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
         self.model.layers = nn.ModuleList(
-            DecoderLayer(config, softmax_scale, use_moe=i >= config.first_k_dense_replace)
+            DecoderLayer(config, softmax_scale, use_moe=i >= config.first_k_dense_replace, layer_id=i)
             for i in range(config.num_hidden_layers)
         )
         self.model.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
@@ -263,6 +274,18 @@ class DeepseekV3LM(nn.Module):
             elif isinstance(module, MoE):
                 nn.init.normal_(module.gate.weight, mean=0.0, std=std)
                 module.gate.e_score_correction_bias.zero_()
+            elif isinstance(module, nn.Conv1d):
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def engram_modules(self) -> list[Engram]:
+        return [layer.engram for layer in self.model.layers if layer.engram is not None]
+
+    def set_engram_vocabulary(self, compressed_ids) -> None:
+        """Install the compressed-token map (minillm.model.engram_hash.compress_vocabulary)."""
+        for engram in self.engram_modules():
+            engram.set_vocabulary(compressed_ids)
 
     def named_moe_layers(self) -> list[tuple[str, MoE]]:
         """Return (module name, MoE) pairs: main layers first, then the MTP block."""
@@ -286,7 +309,7 @@ class DeepseekV3LM(nn.Module):
         cos, sin = self.rope_tables(input_ids.shape[1], input_ids.device)
         h = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
-            h = layer(h, cos, sin)
+            h = layer(h, cos, sin, input_ids)
         hidden = self.model.norm(h)
         result = {"hidden": hidden, "logits": self.lm_head(hidden)}
 

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from tokenizers import Tokenizer
 
+from minillm.model.engram_hash import compress_vocabulary
 from tools.torch_model import DeepseekV3LM, ModelConfig
 from tools.train_data import TokenStream, make_batch, validation_starts
 
@@ -110,7 +111,10 @@ class Trainer:
 
         torch.manual_seed(options.seed)
         self.rng = np.random.default_rng(options.seed)
-        self.model = DeepseekV3LM(config).to(device)
+        self.model = DeepseekV3LM(config)
+        if config.engram:
+            self.model.set_engram_vocabulary(compress_vocabulary(Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json"))))
+        self.model.to(device)
         self.optimizers = self._build_optimizers()
         self.train_window_starts = train_stream.window_starts(options.seq_len + 1)
         self.eval_window_starts = validation_starts(validation_stream, options.seq_len, options.eval_windows)
@@ -124,13 +128,14 @@ class Trainer:
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         """Return the optimizers: Muon for hidden-layer matrices (if chosen), AdamW for everything else.
 
-        Embedding, output head and router stay on AdamW because Muon's orthogonalised update
+        Embedding, output head, Engram tables and router stay on AdamW because Muon's orthogonalised update
         suits hidden linear maps, not lookup tables or the 8-row router.
         """
         options = self.options
         muon_params, decay_params, no_decay_params = [], [], []
         for name, param in self.model.named_parameters():
-            is_hidden_matrix = param.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name
+            is_table = "embed_tokens" in name or "lm_head" in name or "engram.embedding" in name
+            is_hidden_matrix = param.ndim == 2 and not is_table
             is_router = name.endswith("mlp.gate.weight")
             if options.optimizer == "muon" and is_hidden_matrix and not is_router:
                 muon_params.append(param)

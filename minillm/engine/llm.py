@@ -28,6 +28,7 @@ from minillm.io.weights import load_weights
 from minillm.memory.expert_cache import ExpertCache
 from minillm.memory.paged_kv import PagedKVCache
 from minillm.memory.tiers import MemoryConfig, MemoryHierarchy
+from minillm.model.engram import EngramState
 from minillm.model.mtp import MTP
 from minillm.model.transformer import Transformer
 
@@ -168,14 +169,36 @@ class LLM:
         """Plain per-layer latent caches outside the memory hierarchy, for use with `step`."""
         return new_caches(self.config.num_hidden_layers, self.config.latent_dim, capacity)
 
-    def step(self, ids: np.ndarray, caches, absorbed: bool) -> np.ndarray:
-        """Run tokens ids (T,) after the cached ones; returns the last position's logits (V,)."""
+    def new_engram_state(self, capacity: int = 256) -> EngramState | None:
+        """Per-sequence Engram state to pass to `step` with the caches (None without Engram layers).
+        Its table reads are counted in the memory hierarchy."""
+        state = self.transformer.new_engram_state(capacity)
+        if state is not None:
+            state.on_gather = self._count_engram
+        return state
+
+    def _count_engram(self, lookups: int, rows: int, nbytes: int) -> None:
+        self.memory.count("engram_lookups", lookups)
+        self.memory.count("engram_rows", rows)
+        self.memory.count("engram_bytes_read", nbytes)
+        self.memory.move("dram", "hbm", nbytes)
+
+    def step(self, ids: np.ndarray, caches, absorbed: bool, engram: EngramState | None = None) -> np.ndarray:
+        """Run tokens ids (T,) after the cached ones; returns the last position's logits (V,).
+        A model with Engram layers also needs the sequence's `new_engram_state()`."""
         start = caches[0].length
         positions = np.arange(start, start + ids.size)
-        hidden = self.transformer.hidden_states(ids, positions, caches, absorbed)
+        hidden = self.transformer.hidden_states(ids, positions, caches, absorbed, engram=engram)
         return self.transformer.logits(hidden[-1:])[0]
 
-    def _prefill(self, ids: np.ndarray, kv: PagedKVCache, caches: list) -> Prefill:
+    def _page_shapes(self, kv: PagedKVCache) -> list[tuple[int, int, int]]:
+        """Arrays of one prefix-cache page: the latent KV, then the Engram layers' state if any."""
+        shapes = [(kv.layers, kv.P, kv.width)]
+        if self.transformer.engram:
+            shapes.append((len(self.transformer.engram), kv.P, self.config.hidden_size))
+        return shapes
+
+    def _prefill(self, ids: np.ndarray, kv: PagedKVCache, caches: list, engram: EngramState | None) -> Prefill:
         """Load cached prefix pages, compute the rest of the prompt in page-aligned chunks, and
         store the newly computed full pages in the prefix cache."""
         prefix = self.plan.prefix_cache
@@ -183,10 +206,13 @@ class LLM:
         hit_pages = 0
         if prefix is not None:
             for page in range(prefix.reusable_pages(ids)):
-                data = prefix.read(ids, page, (kv.layers, page_tokens, kv.width))
-                if data is None:
+                arrays = prefix.read(ids, page, *self._page_shapes(kv))
+                if arrays is None:
                     break
-                kv.load_page(data)
+                kv.load_page(arrays[0])
+                if engram is not None:
+                    start = page * page_tokens
+                    engram.load(start, ids[start : start + page_tokens], arrays[1])
                 hit_pages += 1
             self.memory.count("prefix_cache_hit_tokens", hit_pages * page_tokens)
 
@@ -195,13 +221,17 @@ class LLM:
         hidden = []
         for lo in range(start, ids.size, chunk):
             hi = min(ids.size, (lo // chunk + 1) * chunk)  # chunk edges at fixed positions
-            hidden.append(self.transformer.hidden_states(ids[lo:hi], np.arange(lo, hi), caches, absorbed=False))
+            hidden.append(self.transformer.hidden_states(ids[lo:hi], np.arange(lo, hi), caches, absorbed=False,
+                                                         engram=engram))
         hidden = np.concatenate(hidden)
 
         if prefix is not None:
             try:
                 for page in range(hit_pages, prefix.reusable_pages(ids)):
-                    prefix.write(ids, page, kv.page(page))
+                    arrays = [kv.page(page)]
+                    if engram is not None:
+                        arrays.append(engram.page_rows(page * page_tokens, page_tokens))
+                    prefix.write(ids, page, *arrays)
                     self.memory.count("prefix_cache_written_pages")
             except OSError as exc:
                 log.warning("could not write the prefix cache under %s (%s): continuing without it",
@@ -236,12 +266,12 @@ class LLM:
             raise GenerationError(f"{self.path} stores no MTP module: use speculative 'none'")
         return speculative
 
-    def _plain_tokens(self, prefill: Prefill, caches: list, limit: int, sampler: Sampler,
+    def _plain_tokens(self, prefill: Prefill, caches: list, engram: EngramState | None, limit: int, sampler: Sampler,
                       stats: GenerationStats) -> Iterator[int]:
         token = sampler(prefill.logits)
         yield token
         while caches[0].length < limit:
-            token = sampler(self.step(np.array([token]), caches, absorbed=True))
+            token = sampler(self.step(np.array([token]), caches, absorbed=True, engram=engram))
             stats.verify_forwards += 1
             yield token
 
@@ -277,7 +307,8 @@ class LLM:
         decode_threads = None
         try:
             caches = [kv.layer_view(layer) for layer in range(self.config.num_hidden_layers)]
-            prefill = self._prefill(ids, kv, caches)
+            engram = self.new_engram_state(ids.size + min(max_new_tokens, limit) + 8)
+            prefill = self._prefill(ids, kv, caches, engram)
             # Decode multiplies matrices by one to a few rows, where OpenBLAS's threads cost more than
             # they save. Measured on a 2-core machine: 0.2 ms on one thread against 4 ms on two for a
             # 2-row head projection. So decode runs BLAS on one thread.
@@ -286,9 +317,9 @@ class LLM:
             if mode == "mtp":
                 decoder = SpeculativeDecoder(self, self.mtp, sampler, draft_tokens, stats,
                                              on_verify=self.tracer.on_verify if self.tracer is not None else None)
-                tokens = decoder.run(ids, prefill, caches, limit)
+                tokens = decoder.run(ids, prefill, caches, limit, engram)
             else:
-                tokens = self._plain_tokens(prefill, caches, limit, sampler, stats)
+                tokens = self._plain_tokens(prefill, caches, engram, limit, sampler, stats)
 
             for token in tokens:
                 now = time.perf_counter()

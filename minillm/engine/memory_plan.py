@@ -1,7 +1,8 @@
 """Lays a loaded model out over the memory tiers and sizes each budget's share.
 
-- dram holds the memory-mapped checkpoint (its file bytes, as stored).
-- hbm holds the pinned weights first (everything but the routed experts, as float32). Of what
+- dram holds the memory-mapped checkpoint (its file bytes, as stored); Engram tables count as
+  "engram", the rest as "weights". Engram rows are read from there per token, never copied whole.
+- hbm holds the pinned weights first (everything but the routed experts and Engram tables, as float32). Of what
   remains, KV pages get `hbm_kv` bytes when it is set and the expert cache the rest (at most what
   all experts need); otherwise the expert cache may use up to half and KV pages get the rest.
 - ssd holds spilled KV pages and the persistent prefix cache, under the cache directory.
@@ -24,6 +25,7 @@ from minillm.memory.prefix_cache import PrefixCache, model_fingerprint
 from minillm.memory.sizes import format_size
 from minillm.memory.spill import SpillFile
 from minillm.memory.tiers import MemoryConfig, MemoryHierarchy
+from minillm.model.engram import EngramTable
 from minillm.model.transformer import ModelWeights
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ def default_cache_dir() -> Path:
 
 
 def pinned_bytes(weights: ModelWeights) -> int:
-    """float32 bytes of every weight that stays in hbm: all arrays except streamed experts."""
+    """float32 bytes of every weight that stays in hbm: all arrays except streamed experts and Engram tables."""
     seen, total = set(), 0
     stack = [weights]
     while stack:
@@ -45,7 +47,7 @@ def pinned_bytes(weights: ModelWeights) -> int:
                 total += item.nbytes
         elif isinstance(item, (list, tuple)):
             stack.extend(item)
-        elif hasattr(item, "__dict__") and not isinstance(item, StreamedExperts):
+        elif hasattr(item, "__dict__") and not isinstance(item, (StreamedExperts, EngramTable)):
             stack.extend(vars(item).values())
     return total
 
@@ -74,7 +76,9 @@ class MemoryPlan:
 def plan_memory(config: MemoryConfig, model_config: ModelConfig, model_dir: Path, checkpoint_bytes: int,
                 weights: ModelWeights, expert_cache: ExpertCache | None) -> MemoryPlan:
     memory = MemoryHierarchy(config)
-    memory.require("dram", "weights", checkpoint_bytes, "the memory-mapped checkpoint")
+    tables = sum(layer.engram.table.nbytes for layer in weights.layers if layer.engram is not None)
+    memory.require("dram", "engram", tables, "the Engram tables")
+    memory.require("dram", "weights", checkpoint_bytes - tables, "the memory-mapped checkpoint")
     memory.require("hbm", "weights", pinned_bytes(weights), "the pinned weights (all but the routed experts)")
 
     remaining = memory.tiers["hbm"].free_bytes

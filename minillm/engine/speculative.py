@@ -96,7 +96,7 @@ class SpeculativeDecoder:
         token, _ = self._draw(target_logits[len(drafts)])
         return len(drafts), token
 
-    def run(self, ids: np.ndarray, prefill, caches: list, limit: int) -> Iterator[int]:
+    def run(self, ids: np.ndarray, prefill, caches: list, limit: int, engram=None) -> Iterator[int]:
         """Yield tokens after a prefilled prompt until the caller stops iterating or the context
         reaches `limit` positions.
 
@@ -119,7 +119,8 @@ class SpeculativeDecoder:
             drafts, dists = self._draft(mtp_hidden, mtp_next, mtp_positions, mtp_cache, k) if k else ([], [])
 
             verify_ids = np.array([token] + drafts)
-            hidden = transformer.hidden_states(verify_ids, np.arange(n, n + k + 1), caches, absorbed=True)
+            # Engram's state is kept by position: rejected positions are overwritten later, no undo needed.
+            hidden = transformer.hidden_states(verify_ids, np.arange(n, n + k + 1), caches, absorbed=True, engram=engram)
             target_logits = transformer.logits(hidden)
             accepted, token = self._verify(drafts, dists, target_logits)
             if self.on_verify is not None:

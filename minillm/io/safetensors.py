@@ -172,7 +172,11 @@ class SafetensorsFile:
 
     def close(self) -> None:
         if self._map is not None:
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                pass  # arrays still view the map (Engram tables): it closes when the last one goes
+            self._map = None
         self._file.close()
 
 
@@ -236,6 +240,10 @@ class Checkpoint:
 
     def itemsize(self, name: str) -> int:
         return STORAGE_DTYPES[self.dtype(name)].itemsize
+
+    def raw(self, name: str) -> np.ndarray:
+        """The stored bits of a tensor as a read-only view of its mapped file (no copy)."""
+        return self._owner[name].raw(name)
 
     def tensor_row(self, name: str, index: int) -> np.ndarray:
         """float32 copy of tensor[index] along the first axis, converting only that slice."""

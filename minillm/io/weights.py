@@ -16,6 +16,7 @@ import numpy as np
 
 from minillm.config import ModelConfig
 from minillm.errors import CheckpointError
+from minillm.io.engram_weights import engram_shapes, load_engram
 from minillm.io.safetensors import Checkpoint
 from minillm.memory.expert_cache import ExpertCache, StackedExperts, StreamedExperts
 from minillm.model.mla import AttentionWeights
@@ -104,6 +105,7 @@ def expected_shapes(cfg: ModelConfig, names: set[str], mtp_modules: int | None =
         shapes[f"{p}.post_attention_layernorm.weight"] = (D,)
         shapes.update(_attention_shapes(cfg, p))
         shapes.update(_ffn_shapes(cfg, p, cfg.is_moe_layer(layer), fused))
+        shapes.update(engram_shapes(cfg, layer))
         if layer >= cfg.num_hidden_layers:
             shapes.update({f"{p}.enorm.weight": (D,), f"{p}.hnorm.weight": (D,), f"{p}.eh_proj.weight": (D, 2 * D),
                            f"{p}.shared_head.norm.weight": (D,), f"{p}.embed_tokens.weight": (V, D),
@@ -197,7 +199,7 @@ def _load_layer(cfg: ModelConfig, r: _Reader, layer: int, expert_cache: ExpertCa
             shared_down=r.maybe(f"{m}.shared_experts.down_proj.weight"),
         )
     return LayerWeights(r.get(f"{p}.input_layernorm.weight"), attention,
-                        r.get(f"{p}.post_attention_layernorm.weight"), ffn)
+                        r.get(f"{p}.post_attention_layernorm.weight"), ffn, load_engram(cfg, r.ckpt, layer))
 
 
 def load_weights(cfg: ModelConfig, ckpt: Checkpoint, expert_cache: ExpertCache | None = None) -> ModelWeights:

@@ -3,8 +3,10 @@
 Each page is one file, named by a hash of the model's fingerprint, the page size and every token
 id from the start of the sequence to the end of that page, so a hit guarantees the same prefix.
 File layout (little-endian): magic b"MINIKV", u16 format version, u32 header length, a JSON
-header (fingerprint, page_tokens, layers, width, first_position, crc32 of the payload), then
-the payload: float32 (layers, page_tokens, width).
+header (fingerprint, page_tokens, shapes, first_position, crc32 of the payload), then the
+payload: float32 arrays of those shapes, one after another. The first is the latent KV
+(layers, page_tokens, width); a model with Engram layers adds their convolution state
+(engram layers, page_tokens, hidden size).
 
 Writes go to a temporary file in the same directory, are fsynced and then renamed over the
 final name, so a reader never sees half a page. An exclusive lock file serialises writers and
@@ -29,7 +31,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 MAGIC = b"MINIKV"
-VERSION = 1
+VERSION = 2
 _PREFIX = struct.Struct("<6sHI")  # magic, version, header length
 
 
@@ -84,8 +86,8 @@ class PrefixCache:
             finally:
                 fcntl.flock(lock, fcntl.LOCK_UN)
 
-    def read(self, ids: np.ndarray, page: int, shape: tuple[int, int, int]) -> np.ndarray | None:
-        """Return the cached page (layers, P, W), or None when it is absent or unusable."""
+    def read(self, ids: np.ndarray, page: int, *shapes: tuple[int, ...]) -> list[np.ndarray] | None:
+        """Return the cached page's arrays of the given shapes, or None when it is absent or unusable."""
         path = self.directory / f"{self.key(ids, page)}.kvpage"
         try:
             data = path.read_bytes()
@@ -95,14 +97,14 @@ class PrefixCache:
             self._warn(path, f"cannot be read ({exc.strerror})")
             return None
         try:
-            payload = self._decode(data, shape, page)
+            payload = self._decode(data, [list(shape) for shape in shapes], page)
         except PrefixCacheError as exc:
             self._warn(path, str(exc))
             return None
         os.utime(path)  # recently used: evicted last
         return payload
 
-    def _decode(self, data: bytes, shape: tuple[int, int, int], page: int) -> np.ndarray:
+    def _decode(self, data: bytes, shapes: list[list[int]], page: int) -> list[np.ndarray]:
         if len(data) < _PREFIX.size:
             raise PrefixCacheError("is truncated")
         magic, version, header_len = _PREFIX.unpack_from(data)
@@ -114,27 +116,30 @@ class PrefixCache:
             raise PrefixCacheError("has a corrupt header") from None
         if header.get("fingerprint") != self.fingerprint:
             raise PrefixCacheError("belongs to another model")
-        if [header.get("layers"), header.get("page_tokens"), header.get("width")] != list(shape) or \
+        if header.get("shapes") != shapes or header.get("page_tokens") != self.page_tokens or \
                 header.get("first_position") != page * self.page_tokens:
             raise PrefixCacheError("has a different page layout")
         payload = data[_PREFIX.size + header_len :]
-        if len(payload) != int(np.prod(shape)) * 4:
+        sizes = [int(np.prod(shape)) for shape in shapes]
+        if len(payload) != sum(sizes) * 4:
             raise PrefixCacheError("is truncated")
         if zlib.crc32(payload) != header.get("crc32"):
             raise PrefixCacheError("is corrupt (checksum mismatch)")
-        return np.frombuffer(payload, dtype=np.float32).reshape(shape)
+        flat = np.frombuffer(payload, dtype=np.float32)
+        ends = np.cumsum(sizes)
+        return [flat[end - size : end].reshape(shape) for end, size, shape in zip(ends, sizes, shapes)]
 
     def _warn(self, path: Path, problem: str) -> None:
         if str(path) not in self._warned:
             self._warned.add(str(path))
             log.warning("prefix cache page %s %s; skipping it and recomputing", path.name, problem)
 
-    def write(self, ids: np.ndarray, page: int, values: np.ndarray) -> int:
-        """Store one page atomically; returns the bytes written."""
-        payload = np.ascontiguousarray(values, dtype=np.float32).tobytes()
-        layers, tokens, width = values.shape
-        header = json.dumps({"fingerprint": self.fingerprint, "page_tokens": tokens, "layers": layers,
-                             "width": width, "first_position": page * tokens, "crc32": zlib.crc32(payload)}).encode()
+    def write(self, ids: np.ndarray, page: int, *arrays: np.ndarray) -> int:
+        """Store one page's arrays atomically; returns the bytes written."""
+        payload = b"".join(np.ascontiguousarray(a, dtype=np.float32).tobytes() for a in arrays)
+        header = json.dumps({"fingerprint": self.fingerprint, "page_tokens": self.page_tokens,
+                             "shapes": [list(a.shape) for a in arrays], "first_position": page * self.page_tokens,
+                             "crc32": zlib.crc32(payload)}).encode()
         blob = _PREFIX.pack(MAGIC, VERSION, len(header)) + header + payload
         path = self.directory / f"{self.key(ids, page)}.kvpage"
         tmp = self.directory / f".{path.stem}.{os.getpid()}.tmp"

@@ -81,7 +81,8 @@ class MemoryHierarchy:
         self.tiers = {name: Tier(name, getattr(config, name)) for name in TIER_NAMES}
         self.counters = dict.fromkeys(
             ("expert_hits", "expert_misses", "expert_bytes_streamed", "prefix_cache_hit_tokens",
-             "prefix_cache_written_pages", "prefetch_hits", "prefetch_stalls"), 0)
+             "prefix_cache_written_pages", "prefetch_hits", "prefetch_stalls",
+             "engram_lookups", "engram_rows", "engram_bytes_read"), 0)
         self.pages = dict.fromkeys(TIER_NAMES, 0)
         self._lock = threading.Lock()
 

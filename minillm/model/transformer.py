@@ -1,7 +1,9 @@
 """The DeepSeek decoder stack: embedding, N x (RMSNorm -> MLA -> RMSNorm -> FFN), final norm, head.
 
-Layers before first_k_dense_replace use a dense SwiGLU FFN, the rest DeepSeekMoE. All compute is
-float32; the caller owns the latent KV cache and passes one cache object per layer.
+Layers before first_k_dense_replace use a dense SwiGLU FFN, the rest DeepSeekMoE. Layers named in
+the config's Engram block first add Engram's n-gram memory to the residual stream. All compute is
+float32; the caller owns the latent KV cache and passes one cache object per layer, plus an
+EngramState when the model has Engram layers.
 Shape legend: T tokens, D model width, V vocabulary.
 """
 
@@ -12,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from minillm.config import ModelConfig
+from minillm.model.engram import EngramLayer, EngramState, EngramWeights
 from minillm.model.mla import MLA, AttentionWeights
 from minillm.model.moe import MoEWeights, moe_forward
 from minillm.model.norm import linear, rms_norm, swiglu
@@ -31,6 +34,7 @@ class LayerWeights:
     attention: AttentionWeights
     post_attention_norm: np.ndarray  # (D,)
     ffn: DenseWeights | MoEWeights
+    engram: EngramWeights | None = None
 
 
 @dataclass
@@ -78,6 +82,8 @@ class Transformer:
         self.weights = weights
         self.rotary = Rotary(config.rope, config.qk_rope_head_dim)
         self.attention = [MLA(config, layer.attention, self.rotary) for layer in weights.layers]
+        self.engram = {i: EngramLayer(config.engram, layer.engram, config.rms_norm_eps)
+                       for i, layer in enumerate(weights.layers) if layer.engram is not None}
         self.observer = None  # default `observe` for hidden_states: statistics and tracing hook in here
 
     def block(self, index: int, layer: LayerWeights, attention: MLA, h: np.ndarray, positions: np.ndarray,
@@ -96,17 +102,31 @@ class Transformer:
             output.cache_entries, output.attention_entropy = attention.last_entries, attention.last_entropy
         return h, output
 
+    def new_engram_state(self, capacity: int = 256) -> EngramState | None:
+        """Fresh per-sequence Engram state, or None when the model has no Engram layer."""
+        return EngramState(self.engram, self.config.hidden_size, capacity) if self.engram else None
+
     def hidden_states(self, ids: np.ndarray, positions: np.ndarray, caches=None, absorbed: bool = False,
-                      observe=None) -> np.ndarray:
+                      observe=None, engram: EngramState | None = None) -> np.ndarray:
         """Final-normed hidden states (T, D) for token ids (T,) at positions (T,).
 
         `caches` is None (no cache: the ids are the whole sequence) or one cache per layer.
-        `observe(layer_index, LayerOutput)` is called after each layer when given.
+        `engram` holds the sequence's earlier tokens for the Engram layers; it may be left out
+        when there is no cache. `observe(layer_index, LayerOutput)` is called after each layer.
         """
         observe = observe or self.observer
+        gathered = {}
+        if self.engram:
+            if engram is None:
+                if caches is not None:
+                    raise ValueError("this model has Engram layers: pass the EngramState that goes with the caches")
+                engram = self.new_engram_state(int(positions[-1]) + 1)
+            gathered = engram.prepare(ids, positions)  # rows for every Engram layer, before layer 0 runs
         h = self.weights.embed[ids]  # (T, D)
         for i, layer in enumerate(self.weights.layers):
             cache = None if caches is None else caches[i]
+            if i in gathered:
+                h = h + self.engram[i].forward(h, gathered[i], engram.history[i], positions)
             h, output = self.block(i, layer, self.attention[i], h, positions, cache, absorbed)
             if observe is not None:
                 observe(i, output)
