@@ -6,7 +6,7 @@ script times, on the default model:
   (EngramState.prepare), the part that can run before the forward pass;
 - Engram layer: the gate, value, convolution and residual update (EngramLayer.forward);
 - one MoE layer: router, routed and shared experts (moe_forward), with every expert resident.
-The cases alternate within each repetition so machine noise hits them alike; the table reports
+The cases alternate within each repetition, so machine noise hits them alike. The table reports
 median microseconds per token and the ratio to the MoE layer.
 
 Usage: python tools/bench_engram.py [--model DIR] [--repeats 200]

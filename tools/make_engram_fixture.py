@@ -1,8 +1,9 @@
 """Record the PyTorch training model's Engram outputs, for CI to compare the engine without torch.
 
 Builds a small model with one Engram layer (tools/torch_model.py, the "test" size, the default
-model's tokenizer), gives the Engram weights a larger scale than training starts from so they
-change the logits clearly, rounds every weight to bfloat16 and writes tests/fixtures/engram_small/:
+model's tokenizer). Its Engram weights get a larger scale than training starts from, so that they
+change the logits clearly, and every weight is rounded to bfloat16. Writes
+tests/fixtures/engram_small/:
 
 - a Hugging Face folder (config.json with the "engram" block, model.safetensors in BF16, tokenizer);
 - reference.npz: prompts that exercise every n-gram order, the first tokens of a sequence and

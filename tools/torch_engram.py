@@ -8,9 +8,9 @@ those rows from one embedding table and concatenates them into e_t. Then::
     y_t     = v_t + silu(conv(conv_norm(v)))_t                      causal depthwise, dilation N
 
 and the decoder layer adds y to the residual stream before attention. This is DeepSeek's Engram
-demo with a single residual stream (no hyper-connections). The hash derivation is shared with
-the engine (minillm/model/engram_hash.py); the hashing itself is written again here in torch, and
-tests/test_engram.py checks that both give the same indexes.
+demo with a single residual stream (no hyper-connections). The trainer and the engine share the
+derivation of the hash parameters (minillm/model/engram_hash.py). The hashing itself is written
+again here in torch, and tests/test_engram.py checks that both give the same indexes.
 """
 
 from __future__ import annotations

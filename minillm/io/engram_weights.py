@@ -1,10 +1,10 @@
 """Expected names and shapes of Engram tensors, and loading them onto EngramWeights.
 
-An Engram layer L stores, under ``model.layers.{L}.engram.``: ``embedding.weight`` (all hash
-tables stacked), ``key_proj`` / ``value_proj`` (weight and bias), ``key_norm``,
-``query_norm``, ``conv.weight`` (D, 1, K) and ``conv_norm``, plus three int64 tensors derived from
-the tokenizer and the seed: ``compressed_ids``, ``multipliers`` and ``table_sizes``. The table
-stays in the memory-mapped file; everything else is read as float32.
+An Engram layer L stores its tensors under ``model.layers.{L}.engram.``. The learned ones are
+``embedding.weight`` (all hash tables stacked), ``key_proj`` and ``value_proj`` (weight and
+bias), ``key_norm``, ``query_norm``, ``conv.weight`` (D, 1, K) and ``conv_norm``. Three int64
+tensors are derived from the tokenizer and the seed: ``compressed_ids``, ``multipliers`` and
+``table_sizes``. The table stays in the memory-mapped file; everything else is read as float32.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def load_engram(cfg: ModelConfig, ckpt: Checkpoint, layer: int) -> EngramWeights
         raise CheckpointError(f"{p}.table_sizes {integers['table_sizes'].tolist()} differ from the sizes config.json's "
                               f"engram block gives ({expected}): check that config.json belongs to these weights")
     if integers["compressed_ids"].min() < 0:
-        raise CheckpointError(f"{p}.compressed_ids holds negative ids: the checkpoint is corrupt")
+        raise CheckpointError(f"invalid {p}.compressed_ids: it contains negative ids; export the checkpoint again")
     return EngramWeights(
         table=_table(ckpt, f"{p}.embedding.weight"),
         key_proj=ckpt.tensor(f"{p}.key_proj.weight"), key_bias=ckpt.tensor(f"{p}.key_proj.bias"),
