@@ -2,6 +2,7 @@
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -15,11 +16,12 @@ from minillm.cli import main  # noqa: E402
 from tui.app import MiniLLMApp  # noqa: E402
 from tui.help_screen import HelpScreen  # noqa: E402
 from tui.messages import GenerationProgress  # noqa: E402
-from tui.widgets import ExpertGrid, OutputView, PageMap, TierPanel  # noqa: E402
+from tui.widgets import ExpertGrid, OutputView, PageMap, StatsPanel, TierPanel  # noqa: E402
 
 # MTP for the acceptance counters, and room for a generation long enough to stop by hand.
 TUI_CONFIG = {**TINY_V3, "num_nextn_predict_layers": 1, "max_position_embeddings": 4096}
 SIZE = (120, 40)
+ENGRAM_MODEL = Path(__file__).parent / "fixtures" / "engram_small"
 
 
 def write_tui_model(directory):
@@ -73,6 +75,12 @@ def tier_text(app, tier: str) -> str:
     return app.query_one(f"#tier-{tier}", TierPanel).render().plain.splitlines()[0]
 
 
+def stats_row(app, label: str) -> str:
+    """The row of the counters panel that starts with `label`."""
+    rows = app.query_one(StatsPanel).render().plain.splitlines()
+    return next(row for row in rows if row.startswith(label))
+
+
 def status(app) -> str:
     return str(app.query_one("#prompt", Input).border_subtitle)
 
@@ -99,8 +107,31 @@ def test_generation_shows_text_and_tiers(model):
             assert any(any(row) for row in grid.heat)
             rates = app.meter.series("dram.out")
             assert max(rates) > 0  # experts streamed from dram into hbm
+            assert "lookups/s n/a" in stats_row(app, "engram")  # this model has no Engram layers
 
     asyncio.run(scenario())
+
+
+def test_engram_rates_shown(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINILLM_CACHE_DIR", str(tmp_path / "cache"))
+    model = minillm.load(ENGRAM_MODEL)
+
+    async def scenario():
+        app = MiniLLMApp(model, temperature=0.0, max_tokens=20)
+        async with app.run_test(size=SIZE) as pilot:
+            assert "lookups/s 0  rows/s 0" in stats_row(app, "engram")  # idle, but not "n/a"
+            await generate(app, pilot, "Once upon a time")
+
+            rates = app.query_one(StatsPanel).engram_rates
+            assert rates is not None
+            assert rates["engram_lookups"] > 0
+            assert rates["engram_rows"] > 0
+            assert "n/a" not in stats_row(app, "engram")
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        model.close()
 
 
 def test_escape_stops_generation(model):

@@ -5,7 +5,8 @@ import pytest
 pytest.importorskip("textual")
 
 from tui.app import minillm_size  # noqa: E402
-from tui.stats import RateMeter, Throttle, hit_rate, routing_delta, short_size, sparkline  # noqa: E402
+from tui.stats import (RateMeter, Throttle, has_engram, hit_rate, routing_delta, short_size,  # noqa: E402
+                       sparkline)
 from tui.widgets.output_view import printable  # noqa: E402
 from tui.widgets.tier_panel import usage_bar  # noqa: E402
 
@@ -52,6 +53,18 @@ def test_rate_meter_engram_only_when_reported():
     assert "engram_rows" not in meter.update(snapshot(1.0, 0))
     meter.reset(snapshot(0.0, 0, engram_rows=0))
     assert meter.update(snapshot(2.0, 0, engram_rows=40))["engram_rows"] == pytest.approx(20.0)
+
+
+def test_has_engram_without_layers():
+    assert not has_engram(snapshot(1.0, 0, engram_rows=0))
+    assert not has_engram({})
+
+
+def test_has_engram_from_tables_or_counters():
+    tables = snapshot(0.0, 0, engram_rows=0)
+    tables["tiers"]["dram"] = {"used_by_kind": {"engram": 4096}}
+    assert has_engram(tables)
+    assert has_engram(snapshot(1.0, 0, engram_rows=12))
 
 
 def test_throttle_interval():

@@ -23,7 +23,7 @@ import minillm
 from minillm.kvcalc import KVCalcError, kv_baselines, kv_cache_size
 from tui.help_screen import HelpScreen
 from tui.messages import GenerationFailed, GenerationFinished, GenerationProgress
-from tui.stats import ENGRAM_COUNTERS, TIER_NAMES, RateMeter, Throttle, elapsed_seconds
+from tui.stats import ENGRAM_COUNTERS, TIER_NAMES, RateMeter, Throttle, elapsed_seconds, has_engram
 from tui.widgets import (ControlBar, ExpertGrid, InvalidSetting, OutputView, PageMap, StatsPanel,
                          TierPanel)
 from tui.widgets.stats_panel import KVFootprint
@@ -210,7 +210,9 @@ class MiniLLMApp(App[None]):
                 self.meter.series(f"{name}.in"), self.meter.series(f"{name}.out"))
         self.query_one(PageMap).update_map(snapshot.get("page_map", ""), snapshot.get("page_tokens", 0))
         self.query_one(ExpertGrid).update_snapshot(snapshot)
-        engram = {counter: rates[counter] for counter in ENGRAM_COUNTERS if counter in rates}
+        engram = None  # the panel shows "n/a" for a model without Engram layers
+        if has_engram(snapshot):
+            engram = {counter: rates.get(counter, 0.0) for counter in ENGRAM_COUNTERS}
         self.query_one(StatsPanel).update_snapshot(snapshot, engram)
 
     def watch_generating(self, generating: bool) -> None:

@@ -12,8 +12,8 @@ from collections.abc import Iterable
 TIER_NAMES = ("hbm", "dram", "ssd")
 KINDS = ("kv", "experts", "engram", "weights")
 
-# Engram counters that a snapshot may carry. NOTE: the engine does not report engram traffic
-# yet, so these key names are the expected ones and the UI shows "n/a" while they are absent.
+# Cumulative Engram counters of LLM.snapshot() that the UI shows as rates. They stay 0 for a
+# model without Engram layers.
 ENGRAM_COUNTERS = ("engram_lookups", "engram_rows")
 
 
@@ -33,6 +33,13 @@ def cumulative_series(snapshot: dict) -> dict[str, float]:
         if counter in snapshot:
             series[counter] = float(snapshot[counter])
     return series
+
+
+def has_engram(snapshot: dict) -> bool:
+    """Tell whether the model has Engram layers: its tables take tier space, or rows were looked up."""
+    if any(snapshot.get(counter, 0) for counter in ENGRAM_COUNTERS):
+        return True
+    return any(tier.get("used_by_kind", {}).get("engram", 0) for tier in snapshot.get("tiers", {}).values())
 
 
 class RateMeter:

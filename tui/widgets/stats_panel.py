@@ -49,10 +49,10 @@ class StatsPanel(Widget):
         super().__init__(**kwargs)
         self.footprint = footprint
         self.snapshot: dict = {}
-        self.engram_rates: dict[str, float] = {}
+        self.engram_rates: dict[str, float] | None = None
 
-    def update_snapshot(self, snapshot: dict, engram_rates: dict[str, float]) -> None:
-        """Show `snapshot`; `engram_rates` contains per-second rates of the engram counters it has."""
+    def update_snapshot(self, snapshot: dict, engram_rates: dict[str, float] | None) -> None:
+        """Show `snapshot` and the per-second rates of its Engram counters (None: no Engram layers)."""
         self.snapshot, self.engram_rates = snapshot, engram_rates
         self.refresh()  # always the same rows, so no layout pass
 
@@ -75,8 +75,9 @@ class StatsPanel(Widget):
             mtp = "off"
         table.add_row("MTP", mtp)
 
-        lookups = self.engram_rates.get("engram_lookups")
-        rows = self.engram_rates.get("engram_rows")
+        engram = self.engram_rates or {}
+        lookups = engram.get("engram_lookups")
+        rows = engram.get("engram_rows")
         table.add_row("engram", f"lookups/s {_number(lookups)}  rows/s {_number(rows)}")
         # Hit tokens are this generation's; written pages count since the budgets were applied.
         table.add_row("prefix", f"hit tokens {generation.get('prefix_cache_hit_tokens', 0)}  "
