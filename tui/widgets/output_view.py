@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import unicodedata
 
+from rich.style import Style
 from rich.text import Text
-from textual.geometry import Size
+from textual.geometry import Region, Size
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
+from textual.widget import Widget
 
 
 def printable(text: str) -> str:
@@ -37,6 +39,9 @@ class OutputView(ScrollView, can_focus=True):
         self._width = 0
         self._following = True  # scroll to each new line; off while the user has scrolled up
         self._strips: dict[int, Strip] = {}  # rendered lines of _done, by index
+        self._open_strips: dict[tuple, Strip] = {}  # rendered lines of _open, by text and spans
+        self._strip_style = Style()  # the widget's rich_style when the strips were rendered
+        self._line_width = 0  # scrollable_content_region.width, read once per repaint
 
     @property
     def text(self) -> str:
@@ -64,8 +69,8 @@ class OutputView(ScrollView, can_focus=True):
         self._text += printable(text)
         self._wrap_tail()
         if self._following:
-            # Not immediate: the new max_scroll_y is known only after the next refresh.
-            self.scroll_end(animate=False, x_axis=False)
+            # Immediate, so the scroll and the new text are painted in one refresh.
+            self.scroll_end(animate=False, x_axis=False, immediate=True)
 
     def watch_scroll_y(self, old: float, new: float) -> None:
         super().watch_scroll_y(old, new)
@@ -99,29 +104,72 @@ class OutputView(ScrollView, can_focus=True):
             self._done_chars += cut + 1
             tail = tail[cut + 1:]
         self._open = self._wrap(tail)
-        self.virtual_size = Size(self._width, len(self._done) + len(self._open))
+        keys = {line_key(line) for line in self._open}
+        self._open_strips = {key: strip for key, strip in self._open_strips.items() if key in keys}
+        self._resize_content(Size(self._width, len(self._done) + len(self._open)))
         self.refresh()
+
+    def _resize_content(self, size: Size) -> None:
+        """Set the scrollable size without the layout pass that assigning `virtual_size` starts.
+
+        The stylesheet fixes the pane's own size, so more lines change only the scroll range and
+        the scrollbar. A layout pass of the whole screen on every update cost the generation
+        thread more time than all the panels' repaints together. A scrollbar that appears or
+        disappears still starts one, through `show_vertical_scrollbar`."""
+        if size == self.virtual_size:
+            return
+        self.set_reactive(Widget.virtual_size, size)
+        # NOTE: _scroll_update is Textual's private step (8.2.8) that resizes the scrollbars and
+        # clamps the scroll offsets after a change of virtual size.
+        self._scroll_update(size)
 
     def _wrap(self, text: Text) -> list[Text]:
         return list(text.wrap(self.app.console, self._width)) or [Text()]
 
+    def render_lines(self, crop: Region) -> list[Strip]:
+        # rich_style and the content region walk the DOM on every read, which cost more than
+        # the text itself when read once per line, so render_line uses the values read here.
+        style = self.rich_style
+        if style != self._strip_style:
+            self._strips.clear()
+            self._open_strips.clear()
+            self._strip_style = style
+        self._line_width = self.scrollable_content_region.width
+        return super().render_lines(crop)
+
     def render_line(self, y: int) -> Strip:
         scroll_x, scroll_y = self.scroll_offset
         index = scroll_y + y
-        width = self.scrollable_content_region.width
-        style = self.rich_style
+        width, style = self._line_width, self._strip_style
         done = len(self._done)
         if index < done:
             strip = self._strips.get(index)
             if strip is None:
                 strip = self._strips[index] = self._render_text_line(self._done[index])
         elif index - done < len(self._open):
-            strip = self._render_text_line(self._open[index - done])
+            strip = self._open_strip(self._open[index - done])
         else:
             return Strip.blank(width, style)
         return strip.crop_extend(scroll_x, scroll_x + width, style)
 
+    def _open_strip(self, line: Text) -> Strip:
+        """Render a line of the last paragraph, reusing the strip of an identical line.
+
+        Appending text re-wraps the last paragraph, but only its last line or two change, so
+        most lines come from the previous update's strips. The cache keeps only the lines of the
+        latest wrap."""
+        key = line_key(line)
+        strip = self._open_strips.get(key)
+        if strip is None:
+            strip = self._open_strips[key] = self._render_text_line(line)
+        return strip
+
     def _render_text_line(self, line: Text) -> Strip:
         line = line.copy()
-        line.stylize_before(self.rich_style)
+        line.stylize_before(self._strip_style)
         return Strip(line.render(self.app.console), line.cell_len)
+
+
+def line_key(line: Text) -> tuple:
+    """Key a wrapped line by its text and styles, which is all that its rendered strip depends on."""
+    return line.plain, tuple(line.spans)
