@@ -1,14 +1,14 @@
 """Measure how much the TUI's live refresh slows generation, side by side in one run.
 
 Each round generates the same greedy continuation once per case, in alternating order:
-- engine: `model.generate()` with a no-op snapshot callback and no UI;
+- engine: `model.generate()` alone, with no snapshot callback and no UI;
 - tui@HZ: the app running headless (Textual's test driver: full layout and rendering, no
   terminal writes), the prompt typed and submitted, and its panels refreshed HZ times a second;
 - tui@0Hz: the same app with live refresh off (panels update once, at the end), so the
   difference to tui@HZ is the cost of refreshing alone.
 
 Decode tokens/s comes from the engine's own statistics (GenerationStats). The table gives the
-median over the rounds and the slowdown against the engine case.
+median over the rounds and the slowdowns against the engine case and against tui@0Hz.
 
 Usage: python tools/bench_tui.py [--model DIR] [--tokens N] [--rounds R] [--refresh-hz 4 8 30]
 """
@@ -35,7 +35,7 @@ UI_SECONDS: list[float] = []  # CPU seconds of the app's thread, one entry per T
 
 
 def run_engine(model: minillm.LLM, prompt: str, tokens: int) -> minillm.GenerationStats:
-    for _ in model.generate(prompt, max_new_tokens=tokens, temperature=0.0, on_snapshot=lambda snapshot: None):
+    for _ in model.generate(prompt, max_new_tokens=tokens, temperature=0.0):
         pass
     return model.last_stats
 
