@@ -61,10 +61,16 @@ async def steady_cursor(pilot) -> None:
 async def generate_once(pilot) -> None:
     await steady_cursor(pilot)
     await pilot.press(*"Once upon a time", "enter")  # type a prompt and start generating
-    await pilot.pause()
-    await pilot.app.workers.wait_for_complete()
-    while pilot.app.generating:
+    # Wait for the status of the finished generation rather than for `generating` to be False,
+    # which it also is when the Enter key has not been handled yet.
+    deadline = time.monotonic() + 60
+    while not str(pilot.app.query_one("#prompt", Input).border_subtitle).startswith("max tokens"):
+        assert time.monotonic() < deadline, "timed out after 60 s waiting for the generation to finish"
         await pilot.pause(0.05)
+    await pilot.app.workers.wait_for_complete()
+    # The app turns the cursor blink back on when the generation ends, and a blinking cursor is
+    # shown or hidden depending on when the screenshot is taken.
+    await steady_cursor(pilot)
     await pilot.pause()
 
 
