@@ -43,14 +43,22 @@ def run_engine(model: minillm.LLM, prompt: str, tokens: int) -> minillm.Generati
 async def drive_app(model: minillm.LLM, prompt: str, tokens: int, refresh_hz: float) -> minillm.GenerationStats:
     app = MiniLLMApp(model, temperature=0.0, max_tokens=tokens, refresh_hz=refresh_hz)
     async with app.run_test(size=(120, 40)) as pilot:
-        app.query_one("#prompt").value = prompt
-        app.query_one("#prompt").focus()
-        ui_started = time.thread_time()  # the app's event loop runs on this thread
-        await pilot.press("enter")
+        field = app.query_one("#prompt")
+        field.value = prompt
+        field.focus()
         await pilot.pause()
+        ui_started = time.thread_time()  # the app's event loop runs on this thread
+        # Submit as Enter does, but not with pilot.press: after each key the pilot waits for the
+        # app to go idle, polling 50 times a second for up to 2 s while the app generates.
+        await field.action_submit()
+        deadline = time.monotonic() + 10
+        while not app.generating:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the app did not start generating within 10 s of the prompt")
+            await asyncio.sleep(0.01)
         await app.workers.wait_for_complete()
-        while app.generating:
-            await pilot.pause(0.01)
+        while app.generating:  # until the app has handled the worker's last message
+            await asyncio.sleep(0.01)
         UI_SECONDS.append(time.thread_time() - ui_started)
     return model.last_stats
 
