@@ -355,3 +355,15 @@ def test_llama_cpp_greedy_matches_minillm(llama_model, baseline_model, prompt):
     theirs = llama_cpp_greedy(llama_cpp, model, prompt_ids, GREEDY_TOKENS)
     first_difference = next((i for i, (a, b) in enumerate(zip(ours, theirs)) if a != b), None)
     assert first_difference is None, f"first divergence at generated token {first_difference}: {ours} vs {theirs}"
+
+
+@pytest.mark.parametrize("prompt", PROMPTS)
+def test_llama_cpp_logits_match_minillm(llama_model, baseline_model, prompt):
+    _, model = llama_model
+    prompt_ids = baseline_model.tokenizer.encode(prompt)
+    model.reset()
+    model.eval(prompt_ids)
+    theirs = np.asarray(model.scores[: len(prompt_ids)])
+    ours = baseline_model.logits(prompt_ids)
+    # float32 on both sides from the same weights, so only round-off differs (measured about 2e-5)
+    assert np.abs(theirs - ours).max() <= 1e-3
