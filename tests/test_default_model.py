@@ -1,4 +1,5 @@
-"""The default model in weights/: it loads with no path, matches transformers, and writes English."""
+"""The models in weights/: the default (DeepseekV3 + MTP + Engram) loads with no path and writes
+English; the baseline (plain DeepseekV3 + MTP, no Engram) matches transformers."""
 
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 import minillm
 
 FIXTURE = Path(__file__).parent / "fixtures" / "default_model.npz"
+BASELINE = minillm.DEFAULT_MODEL_DIR.parent / "minillm-tiny-baseline"
 
 
 @pytest.fixture(scope="module")
@@ -15,28 +17,48 @@ def model(tmp_path_factory):
     return minillm.load(cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def test_default_model_is_a_deepseek_v3_with_mtp(model):
+@pytest.fixture(scope="module")
+def baseline(tmp_path_factory):
+    return minillm.load(BASELINE, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_default_model_is_a_deepseek_v3_with_mtp_and_engram(model):
     assert model.path == minillm.DEFAULT_MODEL_DIR
     assert model.config.model_type == "deepseek_v3"
     assert model.config.scoring_func == "sigmoid"
     assert model.config.topk_method == "noaux_tc"
     assert model.mtp is not None
+    assert model.config.engram is not None
     assert model.config.max_position_embeddings >= 16384
+    assert (model.path / "model.safetensors").stat().st_size < 48 * 1000 * 1000
 
 
-def test_logits_match_transformers(model):
+def test_baseline_is_a_plain_deepseek_v3(baseline):
+    assert baseline.config.engram is None
+    assert baseline.mtp is not None
+    assert not any("engram" in name for name in baseline.checkpoint.names)
+
+
+def test_baseline_logits_match_transformers(baseline):
     reference = np.load(FIXTURE)
-    logits = model.logits(reference["prompt_ids"])
+    logits = baseline.logits(reference["prompt_ids"])
     # float32 on both sides from the same BF16 weights: round-off only (measured about 1e-5)
     assert np.abs(logits - reference["logits"]).max() <= 1e-4
 
 
-def test_greedy_matches_transformers(model):
+def test_baseline_greedy_matches_transformers(baseline):
     reference = np.load(FIXTURE)
     for speculative in ("none", "mtp"):
-        ids = list(model.generate_ids(reference["prompt_ids"], max_new_tokens=32, temperature=0, stop_at_eos=False,
-                                      speculative=speculative))
+        ids = list(baseline.generate_ids(reference["prompt_ids"], max_new_tokens=32, temperature=0,
+                                         stop_at_eos=False, speculative=speculative))
         assert ids == reference["greedy_ids"].tolist(), speculative
+
+
+def test_default_greedy_with_and_without_mtp(model):
+    prompt = "The Mole had been working very hard all the morning"
+    runs = [list(model.generate_ids(prompt, max_new_tokens=32, temperature=0, stop_at_eos=False,
+                                    speculative=mode)) for mode in ("none", "mtp")]
+    assert runs[0] == runs[1]
 
 
 def test_generates_words(model):
@@ -46,12 +68,12 @@ def test_generates_words(model):
     assert sum(word.strip('.,;:!?"\'').isalpha() for word in words) >= 0.8 * len(words)
 
 
-def test_transformers_loads_default_model(model):
-    """With the `ref` extra: transformers' DeepseekV3ForCausalLM runs the shipped directory as is."""
+def test_transformers_loads_baseline(baseline):
+    """With the `ref` extra: transformers' DeepseekV3ForCausalLM runs the baseline directory as is."""
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    reference = transformers.DeepseekV3ForCausalLM.from_pretrained(minillm.DEFAULT_MODEL_DIR, dtype=torch.float32)
-    ids = model.tokenizer.encode("The Mole had been working very hard all the morning")
+    reference = transformers.DeepseekV3ForCausalLM.from_pretrained(BASELINE, dtype=torch.float32)
+    ids = baseline.tokenizer.encode("The Mole had been working very hard all the morning")
     with torch.no_grad():
         theirs = reference.eval()(torch.tensor([ids])).logits[0].numpy()
-    assert np.abs(model.logits(ids) - theirs).max() <= 1e-4
+    assert np.abs(baseline.logits(ids) - theirs).max() <= 1e-4

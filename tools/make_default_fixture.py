@@ -1,8 +1,9 @@
-"""Record transformers' outputs for the default model in weights/, for CI to compare without torch.
+"""Record transformers' outputs for the baseline model in weights/, for CI to compare without torch.
 
 transformers' DeepseekV3ForCausalLM loads the exported directory (it skips the MTP layer) in
 float32; the script stores the prompt ids, full logits and a 32-token greedy continuation in
-tests/fixtures/default_model.npz. Rerun it whenever the default weights change.
+tests/fixtures/default_model.npz. It records the baseline model (no Engram: transformers has none);
+rerun it whenever those weights change.
 Needs the `ref` extra (torch, transformers).
 """
 
@@ -27,7 +28,7 @@ def main() -> None:
     from transformers import DeepseekV3ForCausalLM
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "weights" / "minillm-tiny")
+    parser.add_argument("--model", type=Path, default=ROOT / "weights" / "minillm-tiny-baseline")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "default_model.npz")
     args = parser.parse_args()
 

@@ -64,13 +64,17 @@ MODEL_SIZES: dict[str, dict] = {
     ),
 }
 # Engram defaults for --engram: one Engram layer before the second decoder layer's attention,
-# bigram and trigram tables with 4 heads each, 32-wide rows (128 per order), about 36k rows per
-# head. The tables add 9.2M bf16 parameters (18.4 MB), which keeps the tiny model under 48 MB.
+# bigram and trigram tables with 4 heads each, 32-wide rows (128 per order), about 16k rows per
+# head: 4.1M parameters (8.2 MB in bf16). A first run with 36k rows per head and the full
+# learning rate on the tables memorised the training books. Around step 1,000 its training loss
+# was 0.4-0.7 nats below the baseline's, while its validation perplexity was 73.4 against the
+# baseline's 61.9 to 65.6. Smaller tables and --engram-lr-scale 0.2 give each row more n-grams
+# to average over and move rarely seen rows less.
 # The padding id is the end-of-text token: positions before a sequence's start read as a
 # document boundary.
 ENGRAM_DEFAULTS = dict(
     layer_ids=[1], max_ngram_size=3, n_head_per_ngram=4, n_embed_per_ngram=128,
-    engram_vocab_size=[36000, 36000], seed=0, kernel_size=4,
+    engram_vocab_size=[16000, 16000], seed=0, kernel_size=4,
 )
 # Command-line flags that override single entries of the named size.
 SIZE_FLAGS = (
@@ -148,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     optim.add_argument("--warmup-steps", type=int, default=100)
     optim.add_argument("--weight-decay", type=float, default=0.1)
     optim.add_argument("--grad-clip", type=float, default=1.0, help="maximum global gradient norm")
+    optim.add_argument("--engram-lr-scale", type=float, default=0.2,
+                       help="learning rate of the Engram tables as a fraction of --lr")
     optim.add_argument("--mtp-weight", type=float, default=0.3, help="weight lambda of the MTP loss")
     optim.add_argument("--balance-loss-alpha", type=float, default=1e-4, help="sequence-wise balance loss weight")
     optim.add_argument("--bias-update-rate", type=float, default=1e-3,

@@ -45,6 +45,7 @@ class TrainingOptions:
     eval_every_seconds: float
     eval_windows: int
     checkpoint_seconds: float
+    engram_lr_scale: float = 1.0
 
     @classmethod
     def from_args(cls, args) -> "TrainingOptions":
@@ -61,6 +62,7 @@ class TrainingOptions:
             time_budget_seconds=args.time_budget_minutes * 60 if args.time_budget_minutes else None,
             log_every=args.log_every, eval_every_seconds=args.eval_every_minutes * 60,
             eval_windows=args.eval_windows, checkpoint_seconds=args.checkpoint_minutes * 60,
+            engram_lr_scale=args.engram_lr_scale,
         )
 
 
@@ -132,12 +134,14 @@ class Trainer:
         suits hidden linear maps, not lookup tables or the 8-row router.
         """
         options = self.options
-        muon_params, decay_params, no_decay_params = [], [], []
+        muon_params, decay_params, no_decay_params, engram_tables = [], [], [], []
         for name, param in self.model.named_parameters():
             is_table = "embed_tokens" in name or "lm_head" in name or "engram.embedding" in name
             is_hidden_matrix = param.ndim == 2 and not is_table
             is_router = name.endswith("mlp.gate.weight")
-            if options.optimizer == "muon" and is_hidden_matrix and not is_router:
+            if "engram.embedding" in name:
+                engram_tables.append(param)
+            elif options.optimizer == "muon" and is_hidden_matrix and not is_router:
                 muon_params.append(param)
             elif param.ndim == 2:
                 decay_params.append(param)
@@ -148,7 +152,9 @@ class Trainer:
         optimizers: list[torch.optim.Optimizer] = [
             torch.optim.AdamW(
                 [{"params": decay_params, "weight_decay": options.weight_decay},
-                 {"params": no_decay_params, "weight_decay": 0.0}],
+                 {"params": no_decay_params, "weight_decay": 0.0},
+                 {"params": engram_tables, "weight_decay": options.weight_decay,
+                  "lr": options.lr * options.engram_lr_scale}],
                 lr=options.lr, betas=(0.9, 0.95), fused=fused,
             )
         ]
