@@ -1,6 +1,6 @@
 """Engram: hashing, the checkpoint's derived tensors, and the engine against the PyTorch model.
 
-The fixture tests/fixtures/engram_small comes from tools/make_engram_fixture.py (the training
+The fixture tests/fixtures/torch/engram_small comes from tools/make_engram_fixture.py (the training
 model in tools/torch_engram.py); these tests need no torch, except the last one. Logit tolerance
 1e-4: both sides compute in float32 from the same bf16-rounded weights, so they differ by
 summation order only (measured: 1.9e-7 on logits up to 0.7).
@@ -23,7 +23,7 @@ from minillm.memory.tiers import MemoryConfig
 from minillm.model.engram_hash import compress_vocabulary, is_prime, multipliers, ngram_indexes, table_sizes
 from tokenizers import Tokenizer as HFTokenizer
 
-FIXTURE = Path(__file__).parent / "fixtures" / "engram_small"
+FIXTURE = Path(__file__).parent / "fixtures" / "torch" / "engram_small"
 DEFAULT = Path(__file__).parent.parent / "weights" / "minillm-tiny"
 TOLERANCE = 1e-4
 

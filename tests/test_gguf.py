@@ -26,7 +26,7 @@ if str(REPO_ROOT) not in sys.path:
 from tools import export_gguf  # noqa: E402
 
 BASELINE = REPO_ROOT / "weights" / "minillm-tiny-baseline"
-ENGRAM_FIXTURE = Path(__file__).parent / "fixtures" / "engram_small"
+ENGRAM_FIXTURE = Path(__file__).parent / "fixtures" / "torch" / "engram_small"
 EXPORT_SCRIPT = REPO_ROOT / "tools" / "export_gguf.py"
 PROMPTS = [
     "Once upon a time there was a little fox who lived at the edge of the forest.",

@@ -21,7 +21,7 @@ from tui.widgets import ExpertGrid, OutputView, PageMap, StatsPanel, TierPanel  
 # MTP for the acceptance counters, and room for a generation long enough to stop by hand.
 TUI_CONFIG = {**TINY_V3, "num_nextn_predict_layers": 1, "max_position_embeddings": 4096}
 SIZE = (120, 40)
-ENGRAM_MODEL = Path(__file__).parent / "fixtures" / "engram_small"
+ENGRAM_MODEL = Path(__file__).parent / "fixtures" / "torch" / "engram_small"
 
 
 def write_tui_model(directory):

@@ -3,7 +3,7 @@
 Builds a small model with one Engram layer (tools/torch_model.py, the "test" size, the default
 model's tokenizer). Its Engram weights get a larger scale than training starts from, so that they
 change the logits clearly, and every weight is rounded to bfloat16. Writes
-tests/fixtures/engram_small/:
+tests/fixtures/torch/engram_small/ (outside tests/fixtures/*/, where the transformers fixtures live):
 
 - a Hugging Face folder (config.json with the "engram" block, model.safetensors in BF16, tokenizer);
 - reference.npz: prompts that exercise every n-gram order, the first tokens of a sequence and
@@ -82,7 +82,7 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tokenizer", type=Path, default=ROOT / "weights" / "minillm-tiny-baseline")
-    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "engram_small")
+    parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "torch" / "engram_small")
     args = parser.parse_args()
 
     model, tokenizer = build_model(args.tokenizer)
