@@ -264,7 +264,7 @@ def test_export_rejects_missing_directory(tmp_path):
 def test_export_rejects_directory_without_config(tmp_path):
     (tmp_path / "model").mkdir()
     result = run_export(str(tmp_path / "model"), str(tmp_path / "out.gguf"))
-    assert_one_line_error(result, "config.json not found")
+    assert_one_line_error(result, "config file not found")
     assert not (tmp_path / "out.gguf").exists()
 
 

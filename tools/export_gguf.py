@@ -57,7 +57,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from minillm.config import ModelConfig  # noqa: E402
+from minillm.config import ModelConfig, read_config_json  # noqa: E402
 from minillm.errors import MiniLLMError  # noqa: E402
 from minillm.io.safetensors import Checkpoint, f32_to_bf16  # noqa: E402
 from minillm.io.weights import expected_shapes, stored_mtp_modules  # noqa: E402
@@ -119,19 +119,15 @@ def load_config(model_dir: Path) -> ModelConfig:
     if not model_dir.is_dir():
         raise ExportError(f"not a directory: {model_dir}. Pass a checkpoint directory with config.json")
     config_path = model_dir / "config.json"
-    if not config_path.is_file():
-        raise ExportError(f"config.json not found in {model_dir}. Pass a Hugging Face checkpoint directory")
     try:
-        raw = json.loads(config_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ExportError(f"{config_path} is not valid JSON ({exc})") from None
-    if isinstance(raw, dict) and raw.get("engram") is not None:
+        raw = read_config_json(config_path)
+    except MiniLLMError as exc:
+        raise ExportError(str(exc)) from None
+    if raw.get("engram") is not None:
         raise ExportError(
             f"cannot export {model_dir}: config.json has an 'engram' block (Engram n-gram memory), "
             f"which llama.cpp has no counterpart for. Export the Engram-off baseline {ENGRAM_BASELINE} instead"
         )
-    if not isinstance(raw, dict):
-        raise ExportError(f"{config_path} must contain a JSON object, found {type(raw).__name__}")
     try:
         config = ModelConfig.from_dict(raw)
     except MiniLLMError as exc:
