@@ -76,9 +76,10 @@ class MemoryPlan:
 def plan_memory(config: MemoryConfig, model_config: ModelConfig, model_dir: Path, checkpoint_bytes: int,
                 weights: ModelWeights, expert_cache: ExpertCache | None) -> MemoryPlan:
     memory = MemoryHierarchy(config)
+    memory.require("dram", "weights", checkpoint_bytes, "the memory-mapped checkpoint")
     tables = sum(layer.engram.table.nbytes for layer in weights.layers if layer.engram is not None)
-    memory.require("dram", "engram", tables, "the Engram tables")
-    memory.require("dram", "weights", checkpoint_bytes - tables, "the memory-mapped checkpoint")
+    memory.reserve("dram", "weights", -tables)  # the checkpoint's Engram tables count as their own kind
+    memory.reserve("dram", "engram", tables)
     memory.require("hbm", "weights", pinned_bytes(weights), "the pinned weights (all but the routed experts)")
 
     remaining = memory.tiers["hbm"].free_bytes
