@@ -6,7 +6,9 @@ import argparse
 import contextlib
 import json
 import logging
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import minillm
@@ -15,6 +17,7 @@ from minillm.engine.perplexity import perplexity
 from minillm.engine.trace import Tracer
 from minillm.memory import prefix_cache
 from minillm.memory.sizes import format_size
+from minillm.memory.spill import remove_stale_spill_files
 from minillm.errors import MiniLLMError
 from minillm.kvcalc import cli as kv_calc_cli
 
@@ -172,6 +175,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
     if args.action == "clear":
         removed = prefix_cache.clear(directory)
         print(f"removed {removed} files from {directory / 'prefix'}")
+        if directory.is_dir():
+            stale = remove_stale_spill_files(directory)
+            if stale:
+                print(f"removed {stale} KV spill files left by killed runs from {directory}")
         return 0
     rows = prefix_cache.list_entries(directory)
     if not rows:
@@ -204,8 +211,15 @@ def cmd_tui(args: argparse.Namespace) -> int:
     return run_app(_load(args))
 
 
+def _stop_on_sigterm(signum, frame) -> None:
+    """End the run as Ctrl+C does, so that cleanup such as deleting the spill file runs."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _stop_on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     handlers = {"generate": cmd_generate, "perplexity": cmd_perplexity, "cache": cmd_cache, "tui": cmd_tui,

@@ -279,3 +279,42 @@ def test_cli_tier_flags_and_cache_command(model_dir, tmp_path):
     bad = subprocess.run(args + ["generate", *common, "--prompt", "x", "--hbm", "lots"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "minillm: error: invalid --hbm budget 'lots': use a size like 4096, 512KiB, 64MiB or 2GB"
+
+
+def test_stale_spill_files_are_removed(tmp_path):
+    """A killed run's spill file (its pid no longer runs) goes; a live process's file stays."""
+    from minillm.cli import main
+    from minillm.memory.spill import SpillFile
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f"kv-spill-{finished.stdout.strip()}-abc.bin"
+    legacy = tmp_path / "kv-spill-abc123.bin"  # a name without a pid, from before pids were recorded
+    live = tmp_path / f"kv-spill-{os.getpid()}-abc.bin"
+    for path in (stale, legacy, live):
+        path.write_bytes(b"x")
+    spill = SpillFile(tmp_path, (2, 4, 8))  # a new spill file cleans up first
+    assert not stale.exists()
+    assert not legacy.exists()
+    assert live.exists()
+    spill.close()
+    stale.write_bytes(b"x")
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert not stale.exists()
+    assert live.exists()
+
+
+def test_sigterm_deletes_the_spill_file(tmp_path):
+    """The default model (16k context) keeps generating long enough to be stopped mid-run; 33 MiB of
+    dram leaves room for a few pages next to its checkpoint, so the 800-token prompt spills to ssd."""
+    prompt = (minillm.DEFAULT_MODEL_DIR / "README.md").read_text(encoding="utf-8")[:3000]
+    command = [sys.executable, "-m", "minillm.cli", "generate", "--cache-dir", str(tmp_path), "--prompt", prompt,
+               "-n", "100000", "--page-tokens", "16", "--hbm-kv", "40KiB", "--dram", "33MiB", "--no-prefix-cache"]
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob("kv-spill-*.bin")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert list(tmp_path.glob("kv-spill-*.bin")), "the run never spilled a page"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 130
+    assert "Traceback" not in proc.stderr.read()
+    assert not list(tmp_path.glob("kv-spill-*.bin"))

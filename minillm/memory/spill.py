@@ -1,4 +1,9 @@
-"""The ssd tier's page store: fixed-size slots in a real file, accessed through numpy.memmap."""
+"""The ssd tier's page store: fixed-size slots in a real file, accessed through numpy.memmap.
+
+Each generation's file is named kv-spill-<pid>-<random>.bin and deleted when the generation ends.
+A process killed with SIGKILL cannot delete its file, so new spill files and `minillm cache clear`
+first remove the files of processes that no longer run.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +24,8 @@ class SpillFile:
         self.page_shape = page_shape
         self.page_bytes = int(np.prod(page_shape)) * 4
         directory.mkdir(parents=True, exist_ok=True)
-        handle, name = tempfile.mkstemp(prefix="kv-spill-", suffix=".bin", dir=directory)
+        remove_stale_spill_files(directory)
+        handle, name = tempfile.mkstemp(prefix=f"kv-spill-{os.getpid()}-", suffix=".bin", dir=directory)
         os.close(handle)
         self.path = Path(name)
         self.slots = 0
@@ -53,3 +59,30 @@ class SpillFile:
             self.path.unlink()
         except OSError as exc:
             log.warning("could not delete the KV spill file %s: %s", self.path, exc)
+
+
+def _owner_alive(path: Path) -> bool:
+    """Check whether the process that named this spill file still runs (False for unparsable names)."""
+    parts = path.name.split("-")
+    if len(parts) < 4 or not parts[2].isdigit():
+        return False
+    try:
+        os.kill(int(parts[2]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # it runs, under another user
+    return True
+
+
+def remove_stale_spill_files(directory: Path) -> int:
+    """Delete spill files whose process no longer runs; returns how many were deleted."""
+    removed = 0
+    for path in directory.glob("kv-spill-*.bin"):
+        if not _owner_alive(path):
+            try:
+                path.unlink()
+                removed += 1
+            except OSError as exc:
+                log.warning("could not delete the stale KV spill file %s: %s", path, exc)
+    return removed
