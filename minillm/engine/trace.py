@@ -44,6 +44,7 @@ class _Forward:
     prefill: bool
     layers: list[_LayerRecord] = field(default_factory=list)
     drafts: list[int] = field(default_factory=list)
+    engram: dict[str, int] = field(default_factory=dict)  # Engram counter deltas: rows gathered before layer 0
 
 
 class Tracer:
@@ -112,8 +113,11 @@ class Tracer:
         # this pass. The trace shows them only when layer 0 is an MoE layer (first_k_dense_replace = 0).
         counters = self.llm.memory.counters
         deltas = {name: counters[name] - self._counters.get(name, 0)
-                  for name in ("expert_hits", "expert_misses", "expert_bytes_streamed")}
+                  for name in ("expert_hits", "expert_misses", "expert_bytes_streamed",
+                               "engram_lookups", "engram_rows", "engram_bytes_read")}
         self._counters = dict(counters)
+        if layer == 0:
+            self._forward.engram = {name: deltas[name] for name in ("engram_lookups", "engram_rows", "engram_bytes_read")}
         self._forward.layers.append(_LayerRecord(layer, output, self.llm.snapshot()["page_map"],
                                                  deltas["expert_hits"], deltas["expert_misses"],
                                                  deltas["expert_bytes_streamed"]))
@@ -188,6 +192,8 @@ class Tracer:
         self._line(f"forward {forward.index} ({kind}): positions {int(positions[0])}..{int(positions[-1])}, "
                    f"ids ({T},) -> embedding ({T}, {D}), {path} MLA; showing position {shown_positions}")
         for record in forward.layers:
+            if record.layer in self.llm.transformer.engram:
+                self._line(self._engram_line(forward))
             self._line(self._layer_line(record))
             for r in rows:
                 self._line(self._row_line(record, r))
@@ -203,6 +209,13 @@ class Tracer:
             if record.streamed_bytes:
                 text += f" ({format_size(record.streamed_bytes)} streamed from dram)"
         return text
+
+    def _engram_line(self, forward: _Forward) -> str:
+        """Format the Engram rows this pass gathered (before layer 0) and added before this layer's attention."""
+        counts = forward.engram
+        return (f"  engram before attention: {counts['engram_lookups']} table lookups, "
+                f"{counts['engram_rows']} distinct rows read ({format_size(counts['engram_bytes_read'])} from dram), "
+                "gathered before layer 0")
 
     def _row_line(self, record: _LayerRecord, row: int) -> str:
         """Format one position's numbers after the layer."""
