@@ -1,11 +1,16 @@
 """EngramConfig: the optional "engram" block of config.json.
 
-Keys follow DeepSeek's Engram demo: ``layer_ids`` (decoder layers that add Engram before their
-attention), ``max_ngram_size`` N (orders 2..N are hashed), ``n_head_per_ngram`` K (hash heads
-per order), ``n_embed_per_ngram`` (row width times K), ``engram_vocab_size`` (base table size per
-order; each head takes a distinct prime at or above it), ``seed``, ``kernel_size`` (of the
-causal convolution, whose dilation is N) and ``pad_id`` (the token read before the start of a
-sequence). A config without the block is a plain DeepseekV3.
+Keys follow DeepSeek's Engram demo (engram_demo_v1.py in deepseek-ai/Engram):
+
+- ``layer_ids``: decoder layers that add Engram before their attention;
+- ``max_ngram_size`` N: orders 2..N are hashed;
+- ``n_head_per_ngram`` K: hash heads per order;
+- ``n_embed_per_ngram``: row width times K;
+- ``engram_vocab_size``: base table size per order, each head taking a distinct prime at or above it;
+- ``seed``, and ``kernel_size`` of the causal convolution, whose dilation is N;
+- ``pad_id``: the token read before the start of a sequence.
+
+A config without the block is a plain DeepseekV3.
 """
 
 from __future__ import annotations

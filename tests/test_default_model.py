@@ -1,5 +1,5 @@
-"""The models in weights/: the default (DeepseekV3 + MTP + Engram) loads with no path and writes
-English; the baseline (plain DeepseekV3 + MTP, no Engram) matches transformers."""
+"""The models in weights/. The default (DeepseekV3 + MTP + Engram) loads with no path and writes
+English. The baseline (plain DeepseekV3 + MTP, no Engram) matches transformers."""
 
 from pathlib import Path
 
@@ -22,7 +22,7 @@ def baseline(tmp_path_factory):
     return minillm.load(BASELINE, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
-def test_default_model_is_a_deepseek_v3_with_mtp_and_engram(model):
+def test_default_model_architecture(model):
     assert model.path == minillm.DEFAULT_MODEL_DIR
     assert model.config.model_type == "deepseek_v3"
     assert model.config.scoring_func == "sigmoid"

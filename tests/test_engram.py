@@ -112,7 +112,9 @@ def test_compression_merges_case_and_spacing_variants():
     for a, b in pairs:
         assert compressed[vocab[a]] == compressed[vocab[b]], (a, b)
     assert compressed.max() + 1 < tokenizer.get_vocab_size()  # some ids merged
-    assert compressed[0] == 0 and np.all(np.diff(np.maximum.accumulate(compressed)) <= 1)  # numbered by first use
+    # numbered by first use: id 0 first, and each new id is one more than the largest so far
+    assert compressed[0] == 0
+    assert np.all(np.diff(np.maximum.accumulate(compressed)) <= 1)
 
 
 def test_table_sizes_match_deepseek_demo():

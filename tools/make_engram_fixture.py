@@ -6,11 +6,11 @@ change the logits clearly, and every weight is rounded to bfloat16. Writes
 tests/fixtures/torch/engram_small/ (outside tests/fixtures/*/, where the transformers fixtures live):
 
 - a Hugging Face folder (config.json with the "engram" block, model.safetensors in BF16, tokenizer);
-- reference.npz: prompts that exercise every n-gram order, the first tokens of a sequence and
-  repeated n-grams, with the torch model's float32 logits for each (every 8th vocabulary
-  column); and 10,000 random id
-  sequences with the torch hash indexes of every position (stored in full for the first 100,
-  as a SHA-256 digest of the int64 array for all).
+- reference.npz, part 1: prompts that exercise every n-gram order, the first tokens of a sequence
+  and repeated n-grams, with the torch model's float32 logits for each (every 8th vocabulary
+  column).
+- reference.npz, part 2: 10,000 random id sequences with the torch hash indexes of every position,
+  stored in full for the first 100 and as a SHA-256 digest of the int64 array for all.
 
 Needs the `train` extra (torch). Rerun it whenever tools/torch_engram.py changes.
 """

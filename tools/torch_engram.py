@@ -22,11 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from minillm.model.engram import CONV_NORM_EPS, GATE_FLOOR
 from minillm.model.engram_hash import multipliers, table_sizes
-
-# Demo values: the gate's signed square root floors |g| at 1e-6, the convolution's norm uses eps 1e-5.
-GATE_FLOOR = 1e-6
-CONV_NORM_EPS = 1e-5
 
 
 class Engram(nn.Module):
@@ -67,7 +64,7 @@ class Engram(nn.Module):
         self.multipliers.copy_(torch.from_numpy(multipliers(self.seed, self.layer_id, self.max_ngram, vocab)))
 
     def hash(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Rows [B, T, (N-1) * K] local to each head's table; positions before 0 read the pad id."""
+        """Return rows [B, T, (N-1) * K], local to each head's table. Positions before 0 read the pad id."""
         x = self.compressed_ids[input_ids]
         pad = self.compressed_ids[self.pad_id]
         padded = F.pad(x, (self.max_ngram - 1, 0), value=int(pad))

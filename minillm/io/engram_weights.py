@@ -24,7 +24,7 @@ def _sizes(cfg: ModelConfig) -> dict[int, list[int]]:
 
 
 def engram_shapes(cfg: ModelConfig, layer: int) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of layer's Engram block ({} when the layer has none)."""
+    """Return the tensor shapes of a layer's Engram block ({} when the layer has none)."""
     e = cfg.engram
     if e is None or layer not in e.layer_ids:
         return {}
@@ -57,7 +57,7 @@ def load_engram(cfg: ModelConfig, ckpt: Checkpoint, layer: int) -> EngramWeights
     integers = {}
     for key in ("compressed_ids", "multipliers", "table_sizes"):
         if not ckpt.dtype(f"{p}.{key}").startswith(("I", "U")):
-            raise CheckpointError(f"{p}.{key} must hold integers, found dtype {ckpt.dtype(f'{p}.{key}')}")
+            raise CheckpointError(f"{p}.{key} must contain integers, found dtype {ckpt.dtype(f'{p}.{key}')}")
         integers[key] = ckpt.tensor(f"{p}.{key}").astype(np.int64)
     expected = _sizes(cfg)[layer]
     if integers["table_sizes"].tolist() != expected:

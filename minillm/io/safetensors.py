@@ -242,7 +242,7 @@ class Checkpoint:
         return STORAGE_DTYPES[self.dtype(name)].itemsize
 
     def raw(self, name: str) -> np.ndarray:
-        """The stored bits of a tensor as a read-only view of its mapped file (no copy)."""
+        """Return the stored bits of a tensor as a read-only view of its mapped file (no copy)."""
         return self._owner[name].raw(name)
 
     def tensor_row(self, name: str, index: int) -> np.ndarray:

@@ -43,7 +43,7 @@ class EngramTable:
         return self.stored.nbytes
 
     def gather(self, rows: np.ndarray) -> tuple[np.ndarray, int, int]:
-        """Rows (T, R) -> (values (T, R * width) float32, distinct rows read, bytes read)."""
+        """Read rows (T, R); return (values (T, R * width) float32, distinct rows read, bytes read)."""
         unique, inverse = np.unique(rows, return_inverse=True)
         values = self.to_float32(self.stored[unique])
         return values[inverse.reshape(-1)].reshape(rows.shape[0], -1), unique.size, unique.size * self.stored[0].nbytes
@@ -79,14 +79,15 @@ class EngramLayer:
         self.pad = int(weights.compressed_ids[config.pad_id])
 
     def rows(self, context: np.ndarray, count: int) -> np.ndarray:
-        """Global table rows (count, R) for the last `count` ids of `context` (token ids, with
-        the N - 1 ids before them, -1 where the sequence has not started)."""
+        """Return global table rows (count, R) for the last `count` ids of `context`.
+
+        `context` holds token ids, with the N - 1 ids before them (-1 before the sequence start)."""
         compressed = np.where(context >= 0, self.w.compressed_ids[np.maximum(context, 0)], self.pad)
         local = ngram_indexes(compressed, count, self.w.multipliers, self.w.table_sizes, self.config.n_head_per_ngram)
         return local + self.offsets
 
     def forward(self, h: np.ndarray, embedded: np.ndarray, history: np.ndarray, positions: np.ndarray) -> np.ndarray:
-        """Engram output y (T, D) for hidden states h (T, D) and gathered rows (T, E).
+        """Compute Engram's output y (T, D) for hidden states h (T, D) and gathered rows (T, E).
 
         Writes conv_norm(v) of these positions into history (S, D) and reads the earlier ones."""
         w = self.w
@@ -108,7 +109,7 @@ class EngramLayer:
 class EngramState:
     """Per-sequence Engram state: every position's token id and, per Engram layer, conv_norm(v).
 
-    Both are indexed by position, so a speculative step that is rolled back needs no undo: later
+    Both are indexed by position, so a speculative step that is rolled back needs no undo. Later
     steps overwrite the rejected positions before anything reads them.
     """
 
@@ -133,7 +134,7 @@ class EngramState:
         layer: {layer: (T, E) float32}. Called before the forward pass reaches the first layer."""
         start, count = int(positions[0]), int(positions.size)
         if not np.array_equal(positions, np.arange(start, start + count)):
-            raise ValueError("Engram needs consecutive positions")
+            raise ValueError(f"invalid positions {positions.tolist()}: Engram needs consecutive positions")
         self._reserve(start + count)
         self.ids[start : start + count] = ids
         gathered = {}
@@ -148,7 +149,7 @@ class EngramState:
         return gathered
 
     def page_rows(self, start: int, count: int) -> np.ndarray:
-        """conv_norm(v) of positions start..start+count-1 for every Engram layer: (layers, count, D)."""
+        """Return conv_norm(v) of positions start..start+count-1 for every Engram layer: (layers, count, D)."""
         return np.stack([self.history[i][start : start + count] for i in sorted(self.layers)])
 
     def load(self, start: int, ids: np.ndarray, rows: np.ndarray) -> None:

@@ -7,7 +7,7 @@ depends only on token ids, so it can be computed as soon as a token is known:
    accent stripping, lower-casing and whitespace folding share one compressed id.
 2. For order n, mix the compressed ids of the last n tokens: ``(x_t * m_0) ^ (x_{t-1} * m_1) ^
    ...`` with int64 wrap-around products and odd multipliers ``m_k`` drawn from the seed.
-3. Head j of order n reduces the mix modulo its own prime table size; all tables of a model get
+3. Head j of order n reduces the mix modulo its own prime table size. All tables of a model get
    distinct primes, so two n-grams that collide in one head rarely collide in another.
 
 Positions before the start of the sequence read as the compressed padding id. The checkpoint
@@ -44,8 +44,8 @@ def _text_normalizer() -> normalizers.Normalizer:
 def compress_vocabulary(tokenizer: Tokenizer) -> np.ndarray:
     """Map every token id to a compressed id (int64, shape (V,)), numbered in order of first use.
 
-    A token whose text alone is not valid UTF-8 (it decodes to U+FFFD) keeps its own key, the raw
-    token string; other tokens are keyed by their normalised text, or the text itself when
+    A token whose text alone is not valid UTF-8 (it decodes to U+FFFD) is keyed by its raw token
+    string. Other tokens are keyed by their normalised text, or by the text itself when
     normalising leaves nothing.
     """
     normalizer = _text_normalizer()
@@ -118,7 +118,3 @@ def ngram_indexes(context: np.ndarray, count: int, mults: np.ndarray, sizes: np.
             out[:, order_block] = mix[:, None] % sizes[order_block][None, :]
     return out
 
-
-def pad_context(ids: np.ndarray, pad: int, n_max: int) -> np.ndarray:
-    """Prefix a whole sequence's compressed ids (T,) with N - 1 padding ids."""
-    return np.concatenate([np.full(n_max - 1, pad, dtype=np.int64), np.asarray(ids, dtype=np.int64)])
