@@ -2,39 +2,89 @@
 
 OpenBLAS's GEMM costs about 4.5x a GEMV for two rows of a 4096 x 256 matrix (224 us against 50 us,
 one thread, numpy 2.4, 2-core x86-64), so verifying one MTP draft would cost more than decoding
-two tokens one by one. This kernel walks each weight row once for all input rows: two rows cost
-1.5x one row. The NumPy twin is `x @ w.T`; tests/test_kernels.py proves them equal.
+two tokens one by one. `matmul_into` walks each weight row once for all input rows.
+
+Weights come as float32 or as BF16 bit patterns (uint16). A decode step is bound by how fast the
+weights stream from cache or memory, so reading BF16 halves its main cost; each value widens to
+float32 exactly (the 16 bits become the high half of a float32), and sums stay float32.
+`widen` picks the conversion by the weight's dtype when Numba compiles the caller.
+NumPy twins: `x @ w.T` and `bf16_to_float32`; tests/test_kernels.py proves them equal.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic, overload
 
-MAX_ROWS = 4  # above this, BLAS GEMM is as fast per row
+from minillm.kernels.flags import FAST_MATH
 
 
-@njit(cache=True, fastmath=True)
-def _linear_rows(x, w, out):  # pragma: no cover - compiled
-    # x (T, n) @ w (m, n).T -> out (T, m); fastmath lets LLVM vectorise the dot-product reduction
+def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
+    """Widen BF16 bit patterns (uint16) to float32: the NumPy twin of the kernels' conversion."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+def float32_to_bf16(values: np.ndarray) -> np.ndarray | None:
+    """BF16 bit patterns of float32 values when every value is exactly a BF16 number, else None."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    if np.any(bits & 0xFFFF):
+        return None
+    return (bits >> 16).astype(np.uint16)
+
+
+@intrinsic
+def _widen(typingctx, bits):
+    """float32 whose bit pattern is `bits` (uint16) shifted into the high half."""
+    signature = types.float32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return signature, codegen
+
+
+def widen(value):
+    """float32 of a stored value: a float32 as it is, a BF16 bit pattern (uint16) widened."""
+    return float(bf16_to_float32(np.asarray(value, dtype=np.uint16))) if isinstance(value, np.uint16) else value
+
+
+@overload(widen)
+def _widen_any(value):  # pragma: no cover - compiled
+    if value == types.uint16:
+        return lambda value: _widen(value)
+    return lambda value: value
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def matmul_into(x, w, out):  # pragma: no cover - compiled
+    """out (T, m) = x (T, n) @ w (m, n).T, w float32 or BF16 bits, on the calling thread.
+
+    Splitting the rows over threads made decoding slower on a 2-core machine (1,160 against 1,363
+    tokens/s with only the LM head split, docs/benchmarks.md): at this model size, waking a thread
+    costs about as much as the matrix."""
     rows, n = x.shape
     for o in range(w.shape[0]):
         for t in range(rows):
             acc = np.float32(0.0)
             for i in range(n):
-                acc += w[o, i] * x[t, i]
+                acc += widen(w[o, i]) * x[t, i]
             out[t, o] = acc
 
 
 def linear_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x (T, n) float32 @ w.T for a PyTorch-layout weight w (m, n) float32, for T <= MAX_ROWS."""
-    if x.dtype != np.float32 or w.dtype != np.float32 or x.ndim != 2 or w.ndim != 2 or x.shape[1] != w.shape[1]:
-        raise ValueError(f"linear_rows needs float32 (T, n) and (m, n), got {x.dtype}{x.shape}, {w.dtype}{w.shape}")
+    """x (T, n) float32 @ w.T for a PyTorch-layout weight w (m, n), float32 or BF16 bits (uint16)."""
+    if (x.dtype != np.float32 or w.dtype not in (np.float32, np.uint16) or x.ndim != 2 or w.ndim != 2
+            or x.shape[1] != w.shape[1]):
+        raise ValueError(f"linear_rows needs float32 (T, n) and float32 or uint16 (m, n), got {x.dtype}{x.shape}, "
+                         f"{w.dtype}{w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    _linear_rows(np.ascontiguousarray(x), np.ascontiguousarray(w), out)
+    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(w), out)
     return out
 
 
 def linear_rows_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Compute x @ w.T with NumPy: the reference twin of linear_rows."""
-    return x @ w.T
+    return x @ (bf16_to_float32(w) if w.dtype == np.uint16 else w).T

@@ -64,6 +64,12 @@ class Rotary:
         self.cos = (np.cos(angles) * self.attention_factor).astype(np.float32)
         self.sin = (np.sin(angles) * self.attention_factor).astype(np.float32)
 
+    def tables(self, length: int) -> tuple[np.ndarray, np.ndarray]:
+        """cos and sin tables (P, R/2) covering positions 0..length-1 at least."""
+        if length > self.cos.shape[0]:
+            self._grow(length)
+        return self.cos, self.sin
+
     def apply(self, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Rotate x (T, ..., R) at integer positions (T,), pairing x[..., 2j] with x[..., 2j+1]."""
         if positions.size and positions.max() >= self.cos.shape[0]:

@@ -1,0 +1,105 @@
+"""DeepSeekMoE's router and expert FFN for a few rows, as Numba kernels.
+
+`route_into` follows `minillm.model.moe.route` step by step: router logits, sigmoid or softmax
+scores, the correction bias for choosing (noaux_tc), the group limit (the topk_group groups with
+the best group scores stay), top-K, then the chosen scores renormalised and scaled.
+`swiglu_add` adds weight * down(silu(gate x) * up x) to the residual stream, reading each
+weight matrix once for all rows (a row routed elsewhere gets weight 0). NumPy twins: `route` and `swiglu` (tests/test_kernels.py).
+Shape legend: T rows, D model width, E routed experts, G groups, K experts per token, F FFN width.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from minillm.kernels.flags import FAST_MATH
+
+from minillm.kernels.linear import matmul_into
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def _largest(values, count):  # pragma: no cover - compiled
+    """Index of the largest of values[:count] (the first one on ties)."""
+    best = 0
+    for i in range(1, count):
+        if values[i] > values[best]:
+            best = i
+    return best
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def route_into(x, gate, bias, sigmoid, correction, groups, topk_group, sum_top2, normalize, scaling,
+               logits, choice, group_scores, indices, weights):  # pragma: no cover - compiled
+    """Route x (T, D) with router gate (E, D): indices (T, K) int64 and weights (T, K) float32.
+
+    bias (E,) is used when `correction` is true. groups <= 1 turns the group limit off; the group
+    score is the sum of the two largest choice values (sum_top2, noaux_tc) or the largest.
+    Scratch: logits (T, E), choice (E,), group_scores (G,)."""
+    T = x.shape[0]
+    E = gate.shape[0]
+    K = indices.shape[1]
+    matmul_into(x, gate, logits)
+    for t in range(T):
+        if sigmoid:
+            for e in range(E):
+                logits[t, e] = np.float32(1.0) / (np.float32(1.0) + np.exp(-logits[t, e]))
+        else:
+            peak = logits[t, 0]
+            for e in range(E):
+                peak = max(peak, logits[t, e])
+            total = np.float32(0.0)
+            for e in range(E):
+                logits[t, e] = np.exp(logits[t, e] - peak)
+                total += logits[t, e]
+            for e in range(E):
+                logits[t, e] /= total
+        for e in range(E):  # logits[t] now holds the scores
+            choice[e] = logits[t, e] + bias[e] if correction else logits[t, e]
+        if groups > 1:
+            size = E // groups
+            for g in range(groups):
+                first, second = -np.inf, -np.inf
+                for e in range(g * size, (g + 1) * size):
+                    if choice[e] > first:
+                        first, second = choice[e], first
+                    elif choice[e] > second:
+                        second = choice[e]
+                group_scores[g] = first + second if sum_top2 else first
+            for _ in range(groups - topk_group):  # drop the groups with the smallest scores
+                worst = 0
+                for g in range(1, groups):
+                    if group_scores[g] < group_scores[worst]:
+                        worst = g
+                group_scores[worst] = np.inf
+                for e in range(worst * size, (worst + 1) * size):
+                    choice[e] = -np.inf
+        total = np.float32(0.0)
+        for k in range(K):
+            best = _largest(choice, E)
+            indices[t, k] = best
+            weights[t, k] = logits[t, best]
+            total += logits[t, best]
+            choice[best] = -np.inf
+        for k in range(K):
+            if normalize:
+                weights[t, k] = weights[t, k] / (total + np.float32(1e-20))
+            weights[t, k] *= scaling
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h):  # pragma: no cover - compiled
+    """h[t] += row_weights[t] * down(silu(gate x[t]) * up x[t]) for every row t of x (T, D).
+
+    w_gate, w_up (F, D); w_down (D, F), float32 or BF16 bits; row_weights (T,).
+    Scratch: gate, up (T, F) and out (T, D)."""
+    matmul_into(x, w_gate, gate)
+    matmul_into(x, w_up, up)
+    for t in range(x.shape[0]):
+        for f in range(gate.shape[1]):
+            g = gate[t, f]
+            gate[t, f] = g / (np.float32(1.0) + np.exp(-g)) * up[t, f]
+    matmul_into(gate, w_down, out)
+    for t in range(x.shape[0]):
+        for d in range(h.shape[1]):
+            h[t, d] += row_weights[t] * out[t, d]
