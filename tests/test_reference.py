@@ -34,24 +34,31 @@ def test_prompt_logits_match(case):
     assert np.abs(logits - ref["logits"]).max() <= LOGITS_ATOL
 
 
-def test_greedy_with_cache_matches(case):
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_greedy_with_cache_matches(case, backend, monkeypatch):
     model, ref = case
+    model = minillm.load(model.path, backend=backend)
     steps = []
-    original = model.transformer.logits
+    prefill, decode = model._prefill, model.forward.decode
 
-    def record(hidden):
-        out = original(hidden)
-        steps.append(out[-1])
-        return out
+    def record_prefill(*args):
+        result = prefill(*args)
+        steps.append(result.logits.copy())
+        return result
 
-    model.transformer.logits = record
-    try:
-        ids = list(model.generate_ids(ref["prompt_ids"], max_new_tokens=32, temperature=0, stop_at_eos=False))
-    finally:
-        model.transformer.logits = original
+    def record_decode(*args):
+        hidden, logits = decode(*args)
+        steps.append(logits[-1].copy())  # the numba backend reuses its buffers: copy now
+        return hidden, logits
+
+    monkeypatch.setattr(model, "_prefill", record_prefill)
+    monkeypatch.setattr(model.forward, "decode", record_decode)
+    ids = list(model.generate_ids(ref["prompt_ids"], max_new_tokens=32, temperature=0, stop_at_eos=False,
+                                  speculative="none"))
+    model.close()
     assert ids == ref["greedy_ids"].tolist()
     # the absorbed decode path reproduces every step's logits, not only the argmax
-    assert np.abs(np.stack(steps) - ref["greedy_logits"]).max() <= LOGITS_ATOL
+    assert np.abs(np.stack(steps[:32]) - ref["greedy_logits"]).max() <= LOGITS_ATOL
 
 
 def test_greedy_without_cache_matches(case):

@@ -66,6 +66,7 @@ def test_greedy_identical_when_drafts_accepted(mtp_model, monkeypatch, draft_tok
     expected = plain_greedy(mtp_model, prompt, 40)[:30]  # the oracle must know tokens past the end too
     oracle = OracleMTP(prompt + plain_greedy(mtp_model, prompt, 40), MTP_CONFIG["vocab_size"], wrong)
     monkeypatch.setattr(mtp_model, "mtp", oracle)
+    monkeypatch.setattr(mtp_model.forward, "mtp", oracle.forward)  # drafts come through the backend
     got = list(mtp_model.generate_ids(prompt, max_new_tokens=30, temperature=0, stop_at_eos=False,
                                       speculative="mtp", draft_tokens=draft_tokens))
     assert got == expected
@@ -80,7 +81,9 @@ def test_greedy_identical_when_drafts_accepted(mtp_model, monkeypatch, draft_tok
 def test_caches_rolled_back_after_rejection(mtp_model, monkeypatch):
     prompt = [0, 4, 8, 15, 16, 23, 42]
     expected = plain_greedy(mtp_model, prompt, 12)
-    monkeypatch.setattr(mtp_model, "mtp", OracleMTP(prompt + expected, MTP_CONFIG["vocab_size"], wrong=range(200)))
+    oracle = OracleMTP(prompt + expected, MTP_CONFIG["vocab_size"], wrong=range(200))
+    monkeypatch.setattr(mtp_model, "mtp", oracle)
+    monkeypatch.setattr(mtp_model.forward, "mtp", oracle.forward)
     kv_caches = []
     original = mtp_model.plan.new_kv_cache
     monkeypatch.setattr(mtp_model.plan, "new_kv_cache", lambda *args: kv_caches.append(original(*args)) or kv_caches[-1])

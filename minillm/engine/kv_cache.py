@@ -13,21 +13,22 @@ class LatentCache:
 
     def __init__(self, width: int, capacity: int = 256, start: int = 0):
         self.data = np.zeros((capacity, width), dtype=np.float32)
+        self.positions = np.arange(start, start + capacity)  # position of every row
         self.length = 0
         self.start = start  # position of row 0
 
-    def append(self, entries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    def append(self, entries: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
         """Store entries (T, C + R) after the cached ones; return all of them as one key block
-        [(entries (S, C + R), positions (S,) or None when they are 0..S-1)]."""
+        [(entries (S, C + R), positions (S,))]."""
         end = self.length + entries.shape[0]
         if end > self.data.shape[0]:
             grown = np.zeros((max(end, 2 * self.data.shape[0]), self.data.shape[1]), dtype=np.float32)
             grown[: self.length] = self.data[: self.length]
             self.data = grown
+            self.positions = np.arange(self.start, self.start + grown.shape[0])
         self.data[self.length : end] = entries
         self.length = end
-        positions = None if self.start == 0 else np.arange(self.start, self.start + end)
-        return [(self.data[:end], positions)]
+        return [(self.data[:end], self.positions[:end])]
 
     @property
     def end(self) -> int:

@@ -17,6 +17,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from minillm.config import ModelConfig
+from minillm.engine.forward import default_threads, make_forward
 from minillm.engine.kv_cache import LatentCache, new_caches
 from minillm.engine.memory_plan import plan_memory
 from minillm.engine.sampler import Sampler, SamplingParams
@@ -45,6 +46,7 @@ class GenerationStats:
     decode_seconds: float = 0.0
     finish_reason: str = ""  # "eos", "length" (max_new_tokens) or "context" (max_position_embeddings)
     speculative: str = "none"  # "mtp" or "none"
+    backend: str = ""  # "numba" or "numpy": what computed the decode steps
     draft_tokens: int = 0  # MTP drafts proposed
     accepted_tokens: int = 0  # MTP drafts the target model agreed with
     verify_forwards: int = 0  # main-model forward passes after prefill
@@ -88,7 +90,8 @@ class Prefill:
 
 class LLM:
     def __init__(self, config: ModelConfig, transformer: Transformer, tokenizer: Tokenizer | None, path: Path,
-                 checkpoint: Checkpoint, expert_cache: ExpertCache, memory: MemoryConfig):
+                 checkpoint: Checkpoint, expert_cache: ExpertCache, memory: MemoryConfig, backend: str = "numba",
+                 threads: int | None = None):
         self.config = config
         self.transformer = transformer
         self._tokenizer = tokenizer
@@ -99,6 +102,9 @@ class LLM:
         self.last_snapshot: dict = {}
         mtp = transformer.weights.mtp
         self.mtp = MTP(config, mtp[0], transformer) if mtp else None
+        # decode and verification steps: Numba kernels or the NumPy reference (minillm/engine/forward.py)
+        self.forward = make_forward(backend, transformer, self.mtp, threads)
+        self.threads = threads or default_threads()  # BLAS threads for prefill; decode runs on one
         self.moe_layers = [i for i in range(config.num_hidden_layers) if config.is_moe_layer(i)]
         self.routing_counts = np.zeros((len(self.moe_layers), config.n_routed_experts or 0), dtype=np.int64)
         self._kv: PagedKVCache | None = None  # the running generation's cache, for snapshots
@@ -107,7 +113,8 @@ class LLM:
         self.set_memory(memory)
 
     @classmethod
-    def from_directory(cls, path: str | Path, memory: MemoryConfig | None = None) -> LLM:
+    def from_directory(cls, path: str | Path, memory: MemoryConfig | None = None, backend: str = "numba",
+                       threads: int | None = None) -> LLM:
         path = Path(path)
         memory = memory or MemoryConfig()
         config = ModelConfig.from_file(path)
@@ -119,7 +126,8 @@ class LLM:
             tokenizer = Tokenizer.from_directory(path, config.bos_token_id, config.eos_token_ids)
         log.info("loaded %s: %d layers, hidden %d, vocab %d", path, config.num_hidden_layers,
                  config.hidden_size, config.vocab_size)
-        return cls(config, Transformer(config, weights), tokenizer, path, checkpoint, expert_cache, memory)
+        return cls(config, Transformer(config, weights), tokenizer, path, checkpoint, expert_cache, memory,
+                   backend, threads)
 
     def set_memory(self, memory: MemoryConfig) -> None:
         """Apply new tier budgets (between generations): counters restart and experts stream in again."""
@@ -252,9 +260,14 @@ class LLM:
                 "generation": self.last_stats.to_dict()}
 
     def _count_routing(self, layer: int, output) -> None:
-        if output.expert_indices is not None:
-            row = self.moe_layers.index(layer)
-            np.add.at(self.routing_counts[row], output.expert_indices.reshape(-1), 1)
+        if output.expert_indices is None:
+            return
+        counts = self.routing_counts[self.moe_layers.index(layer)]
+        if output.expert_indices.shape[0] > 8:
+            np.add.at(counts, output.expert_indices.reshape(-1), 1)
+            return
+        for expert in output.expert_indices.flat:  # a decode step: no temporary arrays
+            counts[expert] += 1
 
     def resolve_speculative(self, speculative: str) -> str:
         """"auto" becomes "mtp" when the checkpoint stores an MTP module, else "none"."""
@@ -271,7 +284,8 @@ class LLM:
         token = sampler(prefill.logits)
         yield token
         while caches[0].length < limit:
-            token = sampler(self.step(np.array([token]), caches, absorbed=True, engram=engram))
+            _, logits = self.forward.decode([token], caches[0].length, caches, engram)
+            token = sampler(logits[-1])
             stats.verify_forwards += 1
             yield token
 
@@ -295,7 +309,7 @@ class LLM:
         ids = self._prompt_ids(prompt)
         limit = self.config.max_position_embeddings
         stats = self.last_stats = GenerationStats(prompt_tokens=int(ids.size), finish_reason="context",
-                                                  speculative=mode)
+                                                  speculative=mode, backend=self.forward.name)
         if max_new_tokens == 0:
             stats.finish_reason = "length"
             return
@@ -308,7 +322,8 @@ class LLM:
         try:
             caches = [kv.layer_view(layer) for layer in range(self.config.num_hidden_layers)]
             engram = self.new_engram_state(ids.size + min(max_new_tokens, limit) + 8)
-            prefill = self._prefill(ids, kv, caches, engram)
+            with threadpool_limits(self.threads, user_api="blas"):
+                prefill = self._prefill(ids, kv, caches, engram)
             # Decode multiplies matrices by one to a few rows, where OpenBLAS's threads cost more than
             # they save. Measured on a 2-core machine: 0.2 ms on one thread against 4 ms on two for a
             # 2-row head projection. So decode runs BLAS on one thread.

@@ -45,6 +45,7 @@ class SpeculativeDecoder:
     def __init__(self, llm, mtp, sampler: Sampler, draft_tokens: int, stats, on_verify=None):
         self.llm = llm
         self.mtp = mtp
+        self.forward = llm.forward  # the backend's decode and draft steps
         self.sampler = sampler
         self.k = draft_tokens
         self.stats = stats
@@ -67,9 +68,9 @@ class SpeculativeDecoder:
         chunk = PREFILL_CHUNK_TOKENS
         tail = (positions.size - 1) // chunk * chunk  # start of the last chunk
         for lo in range(0, tail, chunk):
-            self.mtp.forward(hidden[lo : lo + chunk], next_ids[lo : lo + chunk], positions[lo : lo + chunk], cache,
+            self.forward.mtp(hidden[lo : lo + chunk], next_ids[lo : lo + chunk], positions[lo : lo + chunk], cache,
                              absorbed=False)
-        y, logits = self.mtp.forward(hidden[tail:], next_ids[tail:], positions[tail:], cache,
+        y, logits = self.forward.mtp(hidden[tail:], next_ids[tail:], positions[tail:], cache,
                                      absorbed=positions.size - tail <= 4)
         drafts, dists = [], []
         for j in range(count):
@@ -78,7 +79,7 @@ class SpeculativeDecoder:
             dists.append(dist)
             if j + 1 < count:
                 position = np.array([positions[-1] + j + 1])
-                y, logits = self.mtp.forward(y[-1:], np.array([token]), position, cache)
+                y, logits = self.forward.mtp(y[-1:], np.array([token]), position, cache)
         return drafts, dists
 
     def _verify(self, drafts: list[int], dists, target_logits: np.ndarray) -> tuple[int, int]:
@@ -103,7 +104,6 @@ class SpeculativeDecoder:
         NOTE: on a prefix-cache hit the MTP module's own cache starts at the first recomputed
         position, so its drafts see less context and may be accepted less often. Output is
         unchanged: every draft is verified by the main model."""
-        transformer = self.llm.transformer
         token, _ = self._draw(prefill.logits)
         yield token
 
@@ -118,10 +118,8 @@ class SpeculativeDecoder:
                 return
             drafts, dists = self._draft(mtp_hidden, mtp_next, mtp_positions, mtp_cache, k) if k else ([], [])
 
-            verify_ids = np.array([token] + drafts)
             # Engram's state is kept by position: rejected positions are overwritten later, no undo needed.
-            hidden = transformer.hidden_states(verify_ids, np.arange(n, n + k + 1), caches, absorbed=True, engram=engram)
-            target_logits = transformer.logits(hidden)
+            hidden, target_logits = self.forward.decode([token] + drafts, n, caches, engram)
             accepted, token = self._verify(drafts, dists, target_logits)
             if self.on_verify is not None:
                 self.on_verify(n, drafts, accepted, token, target_logits)

@@ -129,14 +129,19 @@ class EngramState:
             grown[: rows.shape[0]] = rows
             self.history[i] = grown
 
-    def prepare(self, ids: np.ndarray, positions: np.ndarray) -> dict[int, np.ndarray]:
-        """Record the tokens at positions (consecutive) and gather their rows for every Engram
-        layer: {layer: (T, E) float32}. Called before the forward pass reaches the first layer."""
+    def record(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        """Store the tokens at positions (consecutive), making room for their history rows."""
         start, count = int(positions[0]), int(positions.size)
-        if not np.array_equal(positions, np.arange(start, start + count)):
+        if positions[-1] - positions[0] != count - 1:
             raise ValueError(f"invalid positions {positions.tolist()}: Engram needs consecutive positions")
         self._reserve(start + count)
         self.ids[start : start + count] = ids
+
+    def prepare(self, ids: np.ndarray, positions: np.ndarray) -> dict[int, np.ndarray]:
+        """Record the tokens at positions (consecutive) and gather their rows for every Engram
+        layer: {layer: (T, E) float32}. Called before the forward pass reaches the first layer."""
+        self.record(ids, positions)
+        start, count = int(positions[0]), int(positions.size)
         gathered = {}
         for i, layer in self.layers.items():
             back = layer.config.max_ngram_size - 1

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.kernels.linear import MAX_ROWS, linear_rows
+from minillm.kernels.linear import bf16_to_float32
 
 
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
-    """x (T, in) @ w.T for a PyTorch-layout weight w (out, in) -> (T, out), float32.
-
-    Up to kernels.linear.MAX_ROWS rows (decode, speculative verification) go through a Numba
-    kernel that reads w once for all rows; larger batches (prefill) use BLAS."""
-    if x.ndim == 2 and x.shape[0] <= MAX_ROWS and w.flags.c_contiguous and w.dtype == np.float32:
-        return linear_rows(x.astype(np.float32, copy=False), w)
+    """x (T, in) @ w.T for a PyTorch-layout weight w (out, in), float32 or BF16 bits -> (T, out), float32."""
+    if w.dtype == np.uint16:  # BF16 bits, as the numba backend keeps streamed experts
+        w = bf16_to_float32(w)
     return x @ w.T
 
 
