@@ -69,6 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--trace-file", type=Path, default=None, metavar="PATH",
                      help="write the trace to this file instead of stderr (implies --trace 1 unless --trace is given)")
     _add_memory_flags(gen)
+    _add_engine_flags(gen)
 
     ppl = commands.add_parser("perplexity", help="mean loss and perplexity of the model on text files")
     ppl.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the model in weights/)")
@@ -86,9 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
     tui = commands.add_parser("tui", help="interactive terminal UI: generate while the memory tiers update live")
     tui.add_argument("--model", type=Path, default=None, help="checkpoint directory (default: the model in weights/)")
     _add_memory_flags(tui)
+    _add_engine_flags(tui)
 
     kv_calc_cli.add_parser(commands)
     return parser
+
+
+def _add_engine_flags(parser: argparse.ArgumentParser) -> None:
+    engine = parser.add_argument_group("engine")
+    engine.add_argument("--backend", choices=("numba", "numpy"), default="numba",
+                        help="decode on compiled Numba kernels (default) or on the plain NumPy reference")
+    engine.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                        help="BLAS threads for prefill (default: the CPUs this process may use); "
+                             "decode steps run on one thread")
 
 
 def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
@@ -109,7 +120,8 @@ def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
 
 def _load(args: argparse.Namespace) -> minillm.LLM:
     return minillm.load(args.model, hbm=args.hbm, dram=args.dram, ssd=args.ssd, cache_dir=args.cache_dir,
-                        page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache, hbm_kv=args.hbm_kv)
+                        page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache, hbm_kv=args.hbm_kv,
+                        backend=getattr(args, "backend", "numba"), threads=getattr(args, "threads", None))
 
 
 def final_stats(model: minillm.LLM) -> dict:
