@@ -13,6 +13,7 @@ Shape legend: T rows, D model width, V vocabulary, H heads, E routed experts, K 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -20,7 +21,7 @@ from minillm.engine.forward import NumpyForward
 from minillm.kernels.engram import engram_add, engram_lookup
 from minillm.kernels.layer import final_logits, mla_finish, mla_project, mtp_input
 from minillm.kernels.linear import float32_to_bf16
-from minillm.kernels.moe import route_into, swiglu_add
+from minillm.kernels.moe import expert_add, route_into, swiglu_add
 from minillm.model.engram import CONV_NORM_EPS, GATE_FLOOR, EngramLayer
 from minillm.memory.expert_cache import StreamedExperts
 from minillm.model.mla import LATENT_NORM_EPS
@@ -65,6 +66,20 @@ class FastLayer:
     dense: tuple[np.ndarray, ...] | None  # (gate, up, down) of the dense FFN or of the shared experts
     bias: np.ndarray  # (E,) correction bias, or empty
 
+    @property
+    def project(self) -> tuple:
+        """mla_project's weight arguments."""
+        return self.input_norm, self.q_a, self.q_a_norm, self.q_b, self.kv_a, self.kv_a_norm
+
+    @property
+    def attend(self) -> tuple:
+        """mla_finish's weight arguments before the key blocks."""
+        return self.w_uk, self.w_uv, self.o
+
+    @property
+    def routed(self) -> bool:
+        return isinstance(self.ffn, MoEWeights)
+
     @classmethod
     def build(cls, layer: LayerWeights, w_uk: np.ndarray, w_uv: np.ndarray) -> FastLayer:
         a, ffn = layer.attention, layer.ffn
@@ -99,7 +114,7 @@ class FastEngram:
                   cfg.n_head_per_ngram, stored)
         weights = (_matrix(w.key_proj), _f32(w.key_bias, 1), _f32(w.key_norm, 1), _f32(w.query_norm, 1),
                    _matrix(w.value_proj), _f32(w.value_bias, 1), _f32(w.conv), _f32(w.conv_norm, 1),
-                   cfg.max_ngram_size, np.float32(layer.eps))
+                   cfg.max_ngram_size, np.float32(layer.eps), np.float32(CONV_NORM_EPS), np.float32(GATE_FLOOR))
         return cls(lookup, weights, stored[0].nbytes)
 
 
@@ -136,8 +151,24 @@ class RunState:
             self.engram_rows = np.zeros((rows, R), dtype=np.int64)
             self.embedded = f32(rows, (config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram)
             self.engram_scratch = (f32(rows, D), f32(rows, D), f32(rows, D))  # key, query, value
+        self._views: dict[int, SimpleNamespace] = {}
         self.no_keys = f32(0, config.latent_dim)
         self.no_positions = np.zeros(0, dtype=np.int64)
+
+    ROW_BUFFERS = ("ids", "positions", "h", "x", "delta", "final", "joined", "q_low", "q", "entries", "attn",
+                   "router_logits", "indices", "weights", "row_weights", "ones", "logits")
+
+    def views(self, T: int) -> SimpleNamespace:
+        """The first T rows of every per-row buffer, as views made once per T."""
+        views = self._views.get(T)
+        if views is None:
+            views = SimpleNamespace(**{name: getattr(self, name)[:T] for name in self.ROW_BUFFERS})
+            views.ffn = {width: (gate[:T], up[:T]) for width, (gate, up) in self.ffn.items()}
+            if hasattr(self, "engram_rows"):
+                views.engram_rows, views.embedded = self.engram_rows[:T], self.embedded[:T]
+                views.engram_scratch = tuple(scratch[:T] for scratch in self.engram_scratch)
+            self._views[T] = views
+        return views
 
     def scores_for(self, keys: int) -> np.ndarray:
         if self.scores.size < keys:
@@ -170,6 +201,9 @@ class NumbaForward(NumpyForward):
             self.mtp_head = self.head if mtp.head is transformer.weights.lm_head else _matrix(mtp.head)
             self.mtp_norms = (_f32(mtp.w.embed_norm, 1), _f32(mtp.w.hidden_norm, 1), _f32(mtp.w.head_norm, 1))
             self.eh_proj = _matrix(mtp.w.eh_proj)
+        self.eps = np.float32(cfg.rms_norm_eps)
+        self.project_constants = (self.eps, np.float32(LATENT_NORM_EPS), cfg.num_attention_heads, cfg.qk_nope_head_dim)
+        self.finish_constants = (np.float32(cfg.softmax_scale),)
         groups = cfg.n_group if cfg.uses_groups else 1
         self.routing = (cfg.scoring_func == "sigmoid", cfg.topk_method == "noaux_tc", groups, cfg.topk_group or 1,
                         cfg.topk_method == "noaux_tc", bool(cfg.norm_topk_prob), np.float32(cfg.routed_scaling_factor))
@@ -182,88 +216,65 @@ class NumbaForward(NumpyForward):
         T = len(tokens)
         if not self._fast(T):
             return super().decode(tokens, start, caches, engram)
-        s = self.state
-        ids, positions = s.ids[:T], s.positions[:T]
+        v = self.state.views(T)
         for i, token in enumerate(tokens):
-            ids[i] = token
-        np.add(s.steps[:T], start, out=positions)
-        h = s.h[:T]
-        np.take(self.transformer.weights.embed, ids, axis=0, out=h, mode="clip")  # ids are checked by the caller
+            v.ids[i] = token
+        np.add(self.state.steps[:T], start, out=v.positions)
+        np.take(self.transformer.weights.embed, v.ids, axis=0, out=v.h, mode="clip")  # the caller checked the ids
         if self.engram:
-            engram.record(ids, positions)
+            engram.record(v.ids, v.positions)
+        cos, sin = self.transformer.rotary.tables(start + T)
         observe = self.transformer.observer
         for i, layer in enumerate(self.layers):
             if i in self.engram:
-                self._engram(i, s, T, positions, engram)
-            self._layer(i, layer, s, T, positions, caches[i])
-            if observe is not None and isinstance(layer.ffn, MoEWeights):
-                observe(i, LayerOutput(s.indices[:T], s.weights[:T]))
-        final_logits(h, self.norm, self.config.rms_norm_eps, self.head, s.final[:T], s.logits[:T])
-        return s.final[:T], s.logits[:T]
+                self._engram(i, v, engram)
+            self._layer(layer, self.state, v, cos, sin, caches[i])
+            if observe is not None and layer.routed:
+                observe(i, LayerOutput(v.indices, v.weights))
+        final_logits(v.h, self.norm, self.config.rms_norm_eps, self.head, v.final, v.logits)
+        return v.final, v.logits
 
     def mtp(self, hidden, next_ids, positions, cache, absorbed: bool = True):
         T = next_ids.size
         if not self._fast(T, absorbed):
             return super().mtp(hidden, next_ids, positions, cache, absorbed)
-        s, m = self.mtp_state, self.mtp_module
-        pos = s.positions[:T]
-        pos[:] = positions
-        embedded = s.x[:T]
-        np.take(m.embed, next_ids, axis=0, out=embedded, mode="clip")
-        h = s.h[:T]
+        m, v = self.mtp_module, self.mtp_state.views(T)
+        v.positions[:] = positions
+        np.take(m.embed, next_ids, axis=0, out=v.x, mode="clip")
         embed_norm, hidden_norm, head_norm = self.mtp_norms
-        mtp_input(embedded, hidden, embed_norm, hidden_norm, self.config.rms_norm_eps, self.eh_proj, s.joined[:T], h)
-        self._layer(m.layer_index, self.mtp_layer, s, T, pos, cache)
-        final_logits(h, head_norm, self.config.rms_norm_eps, self.mtp_head, s.final[:T], s.logits[:T])
-        return h, s.logits[:T]
+        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.config.rms_norm_eps, self.eh_proj, v.joined, v.h)
+        cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
+        self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
+        final_logits(v.h, head_norm, self.config.rms_norm_eps, self.mtp_head, v.final, v.logits)
+        return v.h, v.logits
 
-    def _engram(self, index: int, s: RunState, T: int, positions: np.ndarray, state) -> None:
-        """Add layer `index`'s Engram output to s.h[:T]; the tokens are recorded in `state`."""
-        fast, h = self.engram[index], s.h[:T]
-        rows, embedded = s.engram_rows[:T], s.embedded[:T]
-        distinct = engram_lookup(state.ids, positions, *fast.lookup, rows, embedded)
+    def _engram(self, index: int, v: SimpleNamespace, state) -> None:
+        """Add layer `index`'s Engram output to the rows of v.h; their tokens are recorded in `state`."""
+        fast = self.engram[index]
+        distinct = engram_lookup(state.ids, v.positions, *fast.lookup, v.engram_rows, v.embedded)
         if state.on_gather is not None:
-            state.on_gather(rows.size, distinct, distinct * fast.row_bytes)
-        engram_add(h, embedded, positions, *fast.weights[:8], state.history[index], fast.weights[8],
-                   fast.weights[9], np.float32(CONV_NORM_EPS), np.float32(GATE_FLOOR),
-                   *(scratch[:T] for scratch in s.engram_scratch))
+            state.on_gather(v.engram_rows.size, distinct, distinct * fast.row_bytes)
+        engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch)
 
-    def _layer(self, index: int, w: FastLayer, s: RunState, T: int, positions: np.ndarray, cache) -> None:
-        """One decoder layer on s.h[:T], in place."""
-        cfg, eps = self.config, self.config.rms_norm_eps
-        h, x = s.h[:T], s.x[:T]
-        rotary = self.transformer.rotary
-        cos, sin = rotary.tables(int(positions[T - 1]) + 1)
-        mla_project(h, w.input_norm, w.q_a, w.q_a_norm, w.q_b, w.kv_a, w.kv_a_norm, cos, sin, positions, eps,
-                    LATENT_NORM_EPS, cfg.num_attention_heads, cfg.qk_nope_head_dim, x, s.q_low[:T], s.q[:T],
-                    s.entries[:T])
-        blocks = cache.append(s.entries[:T])
+    def _layer(self, w: FastLayer, s: RunState, v: SimpleNamespace, cos: np.ndarray, sin: np.ndarray, cache) -> None:
+        """One decoder layer on the rows of v.h, in place."""
+        mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries)
+        blocks = cache.append(v.entries)
         keys_a, positions_a = blocks[0]
         keys_b, positions_b = blocks[1] if len(blocks) > 1 else (s.no_keys, s.no_positions)
         scores = s.scores_for(keys_a.shape[0] + keys_b.shape[0])
-        mla_finish(h, s.q[:T], positions, w.w_uk, w.w_uv, w.o, keys_a, positions_a, keys_b, positions_b,
-                   np.float32(cfg.softmax_scale), w.post_norm, eps, s.query, s.mixed, scores, s.attn[:T],
-                   s.delta[:T], x)
+        mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, *self.finish_constants,
+                   w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x)
         if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer
-            self._swiglu(s, T, w.dense, s.ones[:T])
-        if not isinstance(w.ffn, MoEWeights):
+            swiglu_add(v.x, *w.dense, v.ones, *v.ffn[w.dense[0].shape[0]], v.delta, v.h)
+        if not w.routed:
             return
-        indices, weights = s.indices[:T], s.weights[:T]
-        route_into(x, w.ffn.gate, w.bias, *self.routing, s.router_logits[:T], s.choice, s.group_scores, indices,
-                   weights)
-        row_weights = s.row_weights[:T]
-        for expert in _distinct(indices):
-            row_weights[:] = 0.0
-            for t in range(T):
-                for k in range(indices.shape[1]):
-                    if indices[t, k] == expert:
-                        row_weights[t] = weights[t, k]
-            self._swiglu(s, T, w.ffn.experts.get(expert), row_weights)
-
-    @staticmethod
-    def _swiglu(s: RunState, T: int, matrices, row_weights: np.ndarray) -> None:
-        gate, up = s.ffn[matrices[0].shape[0]]
-        swiglu_add(s.x[:T], *matrices, row_weights, gate[:T], up[:T], s.delta[:T], s.h[:T])
+        route_into(v.x, w.ffn.gate, w.bias, *self.routing, v.router_logits, s.choice, s.group_scores, v.indices,
+                   v.weights)
+        gate, up = v.ffn[self.config.moe_intermediate_size]
+        for expert in _distinct(v.indices):
+            expert_add(v.x, *w.ffn.experts.get(expert), expert, v.indices, v.weights, v.row_weights, gate, up,
+                       v.delta, v.h)
 
 
 def _bf16_loader(load):

@@ -56,7 +56,7 @@ def engram_lookup(ids, positions, compressed_ids, pad, multipliers, sizes, offse
 
 @njit(cache=True, fastmath=FAST_MATH)
 def engram_add(h, embedded, positions, key_proj, key_bias, key_norm, query_norm, value_proj, value_bias,
-               conv, conv_norm, history, ngram, eps, conv_eps, gate_floor, key, query, value):  # pragma: no cover
+               conv, conv_norm, ngram, eps, conv_eps, gate_floor, history, key, query, value):  # pragma: no cover
     """h += Engram's output for rows h (T, D); writes conv_norm(v) of these positions into history.
 
     conv (D, K): tap K-1 reads the current position, tap j the one (K-1-j) * ngram earlier.

@@ -103,3 +103,15 @@ def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h):  # pragm
     for t in range(x.shape[0]):
         for d in range(h.shape[1]):
             h[t, d] += row_weights[t] * out[t, d]
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, row_weights, gate, up, out, h):  # pragma: no cover
+    """swiglu_add for one routed expert: each row's weight is its routing weight for `expert`
+    (indices, weights (T, K) from route_into), 0 for rows routed elsewhere."""
+    for t in range(indices.shape[0]):
+        row_weights[t] = 0.0
+        for k in range(indices.shape[1]):
+            if indices[t, k] == expert:
+                row_weights[t] = weights[t, k]
+    swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h)
