@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from minillm.config import ModelConfig, RopeConfig
+from minillm.io.safetensors import bf16_to_f32
 from minillm.kernels.attention import absorbed_attention
-from minillm.kernels.linear import bf16_to_float32, float32_to_bf16, linear_rows, linear_rows_reference
+from minillm.kernels.linear import float32_to_bf16, linear_rows, linear_rows_reference
 from minillm.kernels.moe import route_into, swiglu_add
 from minillm.kernels.norm import rms_norm_into, rope_into
 from minillm.model.mla import MLA, AttentionWeights
@@ -63,7 +64,7 @@ def test_linear_rows_rejects_wrong_dtype():
 def test_bf16_round_trip_is_exact_and_refuses_other_values():
     rng = np.random.default_rng(1)
     bits = as_bf16(random(rng, 64, 32))
-    values = bf16_to_float32(bits)
+    values = bf16_to_f32(bits)
     np.testing.assert_array_equal(float32_to_bf16(values), bits)
     assert float32_to_bf16(values + np.float32(1e-3)) is None  # not BF16 numbers: keep float32
 
@@ -173,7 +174,7 @@ def test_swiglu_add_equals_swiglu(rows, width, dim, dtype):
     row_weights = random(rng, rows)
     row_weights[0] = 0.0  # a row routed to other experts
     h = random(rng, rows, dim)
-    expected = h + row_weights[:, None] * swiglu(x, *(bf16_to_float32(m) if dtype == "bf16" else m for m in matrices))
+    expected = h + row_weights[:, None] * swiglu(x, *(bf16_to_f32(m) if dtype == "bf16" else m for m in matrices))
     gate, up, out = np.zeros((rows, width), np.float32), np.zeros((rows, width), np.float32), np.zeros_like(x)
     swiglu_add(x, *matrices, row_weights, gate, up, out, h)
     np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)

@@ -50,10 +50,17 @@ CASES = {
     "numba-mtp": ("minillm-numba", "baseline", "mtp"),
     "transformers": ("transformers", "baseline", "none"),
     "llama-cpp-python": ("llama-cpp-python", "baseline", "none"),
+    "llama-cpp-python-bf16": ("llama-cpp-python", "baseline", "none"),
     "numpy-engram": ("minillm-numpy", "default", "none"),
     "numba-engram": ("minillm-numba", "default", "none"),
     "numba-mtp-engram": ("minillm-numba", "default", "mtp"),
 }
+# GGUF weight type of each llama.cpp row: F32 computes exactly what the others do; BF16 reads the
+# bytes the numba backend reads, but llama.cpp then rounds activations to BF16 as well
+GGUF_TYPES = {"llama-cpp-python": "f32", "llama-cpp-python-bf16": "bf16"}
+# bytes per stored matrix value that each engine streams in a decode step (norms and router stay F32)
+MATRIX_BYTES = {"minillm-numpy": 4, "minillm-numba": 2, "transformers": 4, "llama-cpp-python": 4,
+                "llama-cpp-python-bf16": 2}
 PROMPT_LENGTHS = (32, 512)
 WARMUP_TOKENS = 8
 
@@ -298,8 +305,8 @@ def run_child(args, mode: str, name: str, model_key: str, extra_env: dict | None
                "--prompts", str(args.workdir / f"prompts-{model_key}.json"), "--threads", str(args.threads),
                "--new-tokens", str(args.new_tokens), "--draft-tokens", str(args.draft_tokens),
                "--workdir", str(args.workdir)]
-    if args.gguf:
-        command += ["--gguf", str(args.gguf)]
+    if name in GGUF_TYPES and args.gguf:
+        command += ["--gguf", str(args.gguf[GGUF_TYPES[name]])]
     env = {**os.environ, **args.thread_env, **(extra_env or {})}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=1800)
     if done.returncode != 0:
@@ -410,7 +417,9 @@ def limit_lines(rows: dict, bandwidth: dict) -> list[str]:
         if "error" in row:
             continue
         _, model, speculative = CASES[name]
-        per_token = bandwidth["bytes_per_token"][model][speculative]
+        engine = name if name in MATRIX_BYTES else CASES[name][0]
+        parts = bandwidth["bytes_per_token"][model][speculative]
+        per_token = parts["weights"] * MATRIX_BYTES[engine] / 4 + parts["kv"]
         if speculative == "mtp":
             per_token /= row["tokens_per_forward"]
         limit = limit_bandwidth / per_token
@@ -434,26 +443,29 @@ def bandwidth_report(args) -> dict:
     result = {"dram": dram, "cache": cache, "l3_bytes": l3, "bytes_per_token": {}, "resident_bytes": {}}
     for key, path in MODELS.items():
         cfg = ModelConfig.from_file(path)
-        plain = decode_weight_bytes(cfg) + kv_bytes_per_token(cfg, 32, args.new_tokens)
-        mtp = (decode_weight_bytes(cfg, mtp_passes=args.draft_tokens)
-               + kv_bytes_per_token(cfg, 32, args.new_tokens, mtp=True))
-        result["bytes_per_token"][key] = {"none": plain, "mtp": mtp}
+        # float32 weight bytes, scaled per engine by MATRIX_BYTES in limit_lines; the KV is float32 everywhere
+        result["bytes_per_token"][key] = {
+            "none": {"weights": decode_weight_bytes(cfg), "kv": kv_bytes_per_token(cfg, 32, args.new_tokens)},
+            "mtp": {"weights": decode_weight_bytes(cfg, mtp_passes=args.draft_tokens),
+                    "kv": kv_bytes_per_token(cfg, 32, args.new_tokens, mtp=True)}}
         # every weight a long decode touches: all experts, the MTP module, not the embedding table
         result["resident_bytes"][key] = decode_weight_bytes(cfg, experts_read=cfg.n_routed_experts, mtp_passes=1)
     resident = max(result["resident_bytes"].values())
     result["applies"] = "cache" if l3 is not None and resident < l3 else "dram"
-    base = result["bytes_per_token"]["baseline"]["none"]
+    base = sum(result["bytes_per_token"]["baseline"]["none"].values())
     kv = kv_bytes_per_token(ModelConfig.from_file(MODELS["baseline"]), 32, args.new_tokens)
     l3_text = f"{l3 / 2**20:,.0f} MiB" if l3 else "unknown"
     result["lines"] = [
-        "Decode limit = copy bandwidth / bytes read per decoded token. Bytes per token = 4 x (attention, norms, "
+        "Decode limit = copy bandwidth / bytes read per decoded token. Bytes per token = b x (attention, norms, "
         "dense FFN, shared experts and router of every layer + num_experts_per_tok of n_routed_experts routed "
         "experts per MoE layer + Engram projections and one row per hash table + final norm + lm_head + one "
-        "embedding row) + layers x (kv_lora_rank + qk_rope_head_dim) x 4 x (32 prompt + new tokens / 2). With "
+        "embedding row) + layers x (kv_lora_rank + qk_rope_head_dim) x 4 x (32 prompt + new tokens / 2), where b "
+        "is the bytes per weight the engine streams: 2 for the numba backend and the BF16 GGUF, which read BF16 "
+        "matrices, 4 for the others. With "
         f"MTP: (one step + draft_tokens = {args.draft_tokens} MTP module passes, whose KV counts as one more layer) / "
         "measured "
         "tokens per forward, a lower bound because verified tokens can route to more experts.",
-        f"Baseline, no MTP: {base / 2**20:.3f} MiB per token, of which KV {kv / 2**10:.1f} KiB.",
+        f"Baseline, no MTP, b = 4: {base / 2**20:.3f} MiB per token, of which KV {kv / 2**10:.1f} KiB.",
         f"Copy bandwidth, one thread, read + write bytes: {dram / 1e9:.1f} GB/s between 1 GiB arrays "
         f"(limit {dram / base:,.0f} tok/s), {cache / 1e9:.1f} GB/s between 16 MiB arrays in cache "
         f"(limit {cache / base:,.0f} tok/s).",
@@ -463,15 +475,18 @@ def bandwidth_report(args) -> dict:
     return result
 
 
-def export_gguf(args) -> tuple[Path | None, str | None]:
+def export_gguf(args) -> tuple[dict[str, Path] | None, str | None]:
+    """Write the baseline as GGUF once per weight type the llama.cpp rows need."""
     try:
         import llama_cpp  # noqa: F401
         from tools.export_gguf import export_gguf as export
     except ImportError as exc:
         return None, f"{exc} (install the bench extra)"
-    path = args.workdir / "baseline.gguf"
-    export(MODELS["baseline"], path)
-    return path, None
+    paths = {}
+    for outtype in sorted({GGUF_TYPES[name] for name in args.cases if name in GGUF_TYPES}):
+        paths[outtype] = args.workdir / f"baseline-{outtype}.gguf"
+        export(MODELS["baseline"], paths[outtype], outtype=outtype)
+    return paths, None
 
 
 def main_parent(args) -> None:
@@ -490,7 +505,8 @@ def main_parent(args) -> None:
         for key, path in MODELS.items():
             prompts = read_prompts(path, args.text)
             (args.workdir / f"prompts-{key}.json").write_text(json.dumps(prompts))
-        args.gguf, gguf_error = export_gguf(args) if "llama-cpp-python" in args.cases else (None, None)
+        needs_gguf = any(name in GGUF_TYPES for name in args.cases)
+        args.gguf, gguf_error = export_gguf(args) if needs_gguf else (None, None)
         cache_env = {"NUMBA_CACHE_DIR": str(args.workdir / "numba-cache")}
         ttft = {}
         if any(CASES[name][0] == "minillm-numba" for name in args.cases):
@@ -500,7 +516,7 @@ def main_parent(args) -> None:
         for round_index in range(args.rounds):
             order = args.cases[round_index % len(args.cases):] + args.cases[:round_index % len(args.cases)]
             for name in order:
-                if name == "llama-cpp-python" and gguf_error:
+                if name in GGUF_TYPES and gguf_error:
                     results[name].append({"error": gguf_error})
                     continue
                 result = run_child(args, "--case", name, CASES[name][1], cache_env)

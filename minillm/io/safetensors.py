@@ -45,7 +45,7 @@ class TensorInfo:
 
 def bf16_to_f32(raw: np.ndarray) -> np.ndarray:
     """Widen BF16 bit patterns (uint16) to float32; exact, because BF16 is the top half of an F32."""
-    return (raw.astype(np.uint32) << 16).view(np.float32)
+    return np.left_shift(raw, 16, dtype=np.uint32).view(np.float32)
 
 
 def f32_to_bf16(values: np.ndarray) -> np.ndarray:

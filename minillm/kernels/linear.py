@@ -8,7 +8,7 @@ Weights come as float32 or as BF16 bit patterns (uint16). A decode step is bound
 weights stream from cache or memory, so reading BF16 halves its main cost; each value widens to
 float32 exactly (the 16 bits become the high half of a float32), and sums stay float32.
 `widen` picks the conversion by the weight's dtype when Numba compiles the caller.
-NumPy twins: `x @ w.T` and `bf16_to_float32`; tests/test_kernels.py proves them equal.
+NumPy twins: `x @ w.T` and `minillm.io.safetensors.bf16_to_f32`; tests/test_kernels.py proves them equal.
 """
 
 from __future__ import annotations
@@ -18,12 +18,8 @@ from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic, overload
 
+from minillm.io.safetensors import bf16_to_f32
 from minillm.kernels.flags import FAST_MATH
-
-
-def bf16_to_float32(bits: np.ndarray) -> np.ndarray:
-    """Widen BF16 bit patterns (uint16) to float32: the NumPy twin of the kernels' conversion."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def float32_to_bf16(values: np.ndarray) -> np.ndarray | None:
@@ -48,7 +44,7 @@ def _widen(typingctx, bits):
 
 def widen(value):
     """float32 of a stored value: a float32 as it is, a BF16 bit pattern (uint16) widened."""
-    return float(bf16_to_float32(np.asarray(value, dtype=np.uint16))) if isinstance(value, np.uint16) else value
+    return float(bf16_to_f32(np.asarray(value, dtype=np.uint16))) if isinstance(value, np.uint16) else value
 
 
 @overload(widen)
@@ -115,4 +111,4 @@ def linear_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
 
 def linear_rows_reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """Compute x @ w.T with NumPy: the reference twin of linear_rows."""
-    return x @ (bf16_to_float32(w) if w.dtype == np.uint16 else w).T
+    return x @ (bf16_to_f32(w) if w.dtype == np.uint16 else w).T

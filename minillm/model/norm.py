@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from minillm.kernels.linear import bf16_to_float32
+from minillm.io.safetensors import bf16_to_f32
 
 
 def linear(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """x (T, in) @ w.T for a PyTorch-layout weight w (out, in), float32 or BF16 bits -> (T, out), float32."""
     if w.dtype == np.uint16:  # BF16 bits, as the numba backend keeps streamed experts
-        w = bf16_to_float32(w)
+        w = bf16_to_f32(w)
     return x @ w.T
 
 
