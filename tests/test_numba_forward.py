@@ -117,7 +117,7 @@ def test_decode_step_allocates_no_arrays(directory, monkeypatch):
 
     import minillm.engine.numba_forward as numba_forward
 
-    # hbm holds every expert, so no step streams one in (a miss copies it, which is the point of a miss)
+    # hbm has room for every expert, so no step streams one in (a miss copies it, which is the point of a miss)
     memory = MemoryConfig.from_strings("256MiB", None, None, None, page_tokens=256, prefix_cache=False)
     model = LLM.from_directory(directory, memory)
     ids = np.asarray(model.tokenizer.encode(PROMPTS[3]))

@@ -8,14 +8,11 @@ to the NumPy path. Both give the same greedy tokens (tests/test_numba_forward.py
 
 from __future__ import annotations
 
-import logging
 import os
 
 import numpy as np
 
 from minillm.errors import GenerationError
-
-log = logging.getLogger(__name__)
 
 BACKENDS = ("numba", "numpy")
 

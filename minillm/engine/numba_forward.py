@@ -1,12 +1,14 @@
 """Decode and verification steps on Numba kernels, over buffers allocated once.
 
-A step of T rows (1 for plain decoding, k + 1 when verifying k MTP drafts) runs per layer:
-`mla_project` (norm, query and latent projections, RoPE), the paged cache's append (Python: it
-decides tiers and counts bytes), `mla_finish` (absorbed attention, output projection, residual,
-FFN norm), then the FFN: `route_into` and one `swiglu_add` per chosen expert plus the shared
-expert, each adding into the residual stream. Every array a step writes lives in `RunState`,
-so a steady-state step allocates no NumPy memory (tests/test_numba_forward.py checks it).
-Prefill, more rows than the buffers hold, and tracing go to the NumPy path.
+A step runs T rows: 1 for plain decoding, k + 1 when verifying k MTP drafts. Per layer it calls
+1. `mla_project`: norm, query and latent projections, RoPE;
+2. the paged cache's `append`, in Python, because it decides tiers and counts bytes;
+3. `mla_finish`: absorbed attention, output projection, residual, the FFN's norm;
+4. `swiglu_add` for the dense FFN or the shared expert, then `route_into` and one `expert_add`
+   per chosen expert, each adding into the residual stream.
+Every array a step writes lives in `RunState`, so a steady-state step allocates no NumPy memory
+(tests/test_numba_forward.py checks it). Prefill, more rows than the buffers hold, and tracing go
+to the NumPy path.
 Shape legend: T rows, D model width, V vocabulary, H heads, E routed experts, K chosen per token.
 """
 
@@ -33,15 +35,15 @@ EMPTY_F32 = np.zeros((0, 0), dtype=np.float32)
 
 
 def _f32(array: np.ndarray | None, ndim: int = 2) -> np.ndarray:
-    """A C-contiguous float32 array for the kernels; None becomes an empty one."""
+    """Return a C-contiguous float32 array for the kernels; None becomes an empty one."""
     if array is None:
         return np.zeros((0,) * ndim, dtype=np.float32)
     return np.ascontiguousarray(array, dtype=np.float32)
 
 
 def _matrix(array: np.ndarray | None) -> np.ndarray:
-    """A weight matrix for the kernels: BF16 bits when that is exact (a BF16 checkpoint), which
-    halves the bytes a step streams, else float32."""
+    """Return a weight matrix for the kernels: BF16 bits when that is exact (a BF16 checkpoint),
+    which halves the bytes a step streams, else float32."""
     if array is None:
         return _f32(None)
     bits = float32_to_bf16(array)
@@ -105,7 +107,7 @@ class FastEngram:
 
     @classmethod
     def build(cls, layer: EngramLayer) -> FastEngram | None:
-        """None when the table's dtype has no kernel (F16): that layer stays on NumPy."""
+        """Return None when the table's dtype has no kernel (F16): the model then stays on NumPy."""
         w, cfg = layer.w, layer.config
         stored = w.table.stored
         if stored.dtype not in (np.uint16, np.float32):
@@ -159,7 +161,7 @@ class RunState:
                    "router_logits", "indices", "weights", "row_weights", "ones", "logits")
 
     def views(self, T: int) -> SimpleNamespace:
-        """The first T rows of every per-row buffer, as views made once per T."""
+        """Return the first T rows of every per-row buffer, as views made once per T."""
         views = self._views.get(T)
         if views is None:
             views = SimpleNamespace(**{name: getattr(self, name)[:T] for name in self.ROW_BUFFERS})
@@ -257,7 +259,7 @@ class NumbaForward(NumpyForward):
         engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch)
 
     def _layer(self, w: FastLayer, s: RunState, v: SimpleNamespace, cos: np.ndarray, sin: np.ndarray, cache) -> None:
-        """One decoder layer on the rows of v.h, in place."""
+        """Run one decoder layer on the rows of v.h, in place."""
         mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries)
         blocks = cache.append(v.entries)
         keys_a, positions_a = blocks[0]
@@ -287,6 +289,6 @@ def _bf16_loader(load):
 
 
 def _distinct(indices: np.ndarray) -> list[int]:
-    """The distinct experts in indices (T, K), ascending: the order the NumPy path fetches them in,
-    so both backends leave the expert cache in the same state."""
+    """Return the distinct experts in indices (T, K), ascending. The NumPy path fetches them in that
+    order too, so both backends leave the expert cache in the same state."""
     return sorted({int(expert) for expert in indices.flat})

@@ -1,10 +1,11 @@
 """Engram's lookup and gated output for a few rows, as one Numba kernel.
 
-For each new position p: hash the n-grams ending at p (orders 2..N, K heads each) into table
-rows, gather them (BF16 or float32) into e_p, then compute the gated value and the causal
-convolution over earlier positions, adding the result to the residual stream h. The equations
-are in `minillm.model.engram`; its `EngramState.prepare` and `EngramLayer.forward` are the NumPy
-twins, and tests/test_numba_forward.py proves the model equal on both paths.
+For each new position p, `engram_lookup` hashes the n-grams ending at p (orders 2..N, K heads
+each) into table rows and gathers them (BF16 or float32) into e_p. `engram_add` then computes the
+gated value and the causal convolution over earlier positions, and adds both to the residual
+stream h. The equations are in `minillm.model.engram`; its `EngramState.prepare` and
+`EngramLayer.forward` are the NumPy twins, and tests/test_numba_forward.py proves the model equal
+on both paths.
 Shape legend: T rows, D model width, E gathered width, R rows per token, W row width.
 """
 
@@ -24,7 +25,7 @@ def engram_lookup(ids, positions, compressed_ids, pad, multipliers, sizes, offse
                   rows, embedded):  # pragma: no cover - compiled
     """Fill rows (T, R) with global table rows and embedded (T, R * W) with their values.
 
-    ids holds every position's token id (-1 where none). Returns the count of distinct rows read.
+    ids has every position's token id (-1 where none). Returns the count of distinct rows read.
     The products wrap around in int64, as in `engram_hash.ngram_indexes`."""
     T, R = rows.shape
     N = multipliers.size

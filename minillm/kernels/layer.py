@@ -1,10 +1,9 @@
 """One decoder layer's attention half for a few rows, composed from the kernels, as two Numba calls.
 
-`mla_project` runs from the residual stream to the query and the new cache entries; the caller
-then stores the entries in the paged cache, which hands back the key blocks; `mla_finish`
-attends, projects, adds to the residual stream and applies the FFN's input norm. Splitting at
-the cache keeps page placement (which tier, which slot) in Python, where the memory hierarchy
-counts it. The NumPy path these replace is `Transformer.block` with `MLA.forward(absorbed=True)`;
+`mla_project` runs from the residual stream to the query and the new cache entries. The caller
+stores the entries in the paged cache, which hands back the key blocks. `mla_finish` attends,
+projects, adds to the residual stream and applies the FFN's input norm. Splitting at the cache
+keeps page placement (which tier, which slot) in Python, where the memory hierarchy counts it. The NumPy path these replace is `Transformer.block` with `MLA.forward(absorbed=True)`;
 tests/test_numba_forward.py proves the whole model equal on both.
 """
 

@@ -78,9 +78,9 @@ def matmul_into(x, w, out):  # pragma: no cover - compiled
     """out (T, m) = x (T, n) @ w (m, n).T, w float32 or BF16 bits, on the calling thread.
 
     Weight rows go four at a time, so that four independent sums hide each other's latency. Every
-    input row runs the same code alone: a row's result does not depend on the rows beside it, so
-    verifying drafts gives bit for bit the logits of decoding one token at a time, and speculative
-    greedy output equals plain greedy output. (Sharing each widened weight between two rows was
+    input row runs the same code alone, so a row's result does not depend on the rows beside it.
+    Verifying drafts thus gives bit for bit the logits of decoding one token at a time, and
+    speculative greedy output equals plain greedy output. (Sharing each widened weight between two rows was
     10% faster for verification but broke that: LLVM split the sums differently.) Splitting the
     rows over threads made decoding slower on a 2-core machine (1,160 against 1,363 tokens/s with
     only the LM head split): at this model size, waking a thread costs about as much as the matrix."""

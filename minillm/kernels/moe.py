@@ -54,7 +54,7 @@ def route_into(x, gate, bias, sigmoid, correction, groups, topk_group, sum_top2,
                 total += logits[t, e]
             for e in range(E):
                 logits[t, e] /= total
-        for e in range(E):  # logits[t] now holds the scores
+        for e in range(E):  # logits[t] is now the scores
             choice[e] = logits[t, e] + bias[e] if correction else logits[t, e]
         if groups > 1:
             size = E // groups
