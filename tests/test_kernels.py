@@ -46,13 +46,18 @@ def test_linear_rows_equals_numpy(rows, out_dim, in_dim, dtype):
     np.testing.assert_allclose(linear_rows(x, w), linear_rows_reference(x, w), rtol=1e-4, atol=ATOL)
 
 
-def test_linear_rows_same_row_same_result():
-    """A row's result does not depend on the other rows: decode and speculative verify agree."""
-    rng = np.random.default_rng(0)
-    x = random(rng, 3, 256)
-    w = as_bf16(random(rng, 512, 256))
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+@pytest.mark.parametrize("in_dim", [256, 768, 13])
+def test_linear_rows_same_row_same_result(dtype, in_dim):
+    """A row's result does not depend on the other rows, bit for bit: one row streams the weights,
+    several rows read a widened block, and both must sum alike for decode and verify to agree."""
+    rng = np.random.default_rng(in_dim)
+    x = random(rng, 5, in_dim)
+    w = random(rng, 514, in_dim)
+    if dtype == "bf16":
+        w = as_bf16(w)
     together = linear_rows(x, w)
-    for row in range(3):
+    for row in range(5):
         np.testing.assert_array_equal(linear_rows(x[row : row + 1], w)[0], together[row])
 
 
@@ -84,8 +89,10 @@ def test_rms_norm_into_equals_numpy(rows, width):
 @pytest.mark.parametrize("heads, nope, rope", [(4, 32, 16), (3, 5, 6), (1, 0, 2)])
 def test_rope_into_equals_rotary(yarn, heads, nope, rope):
     rng = np.random.default_rng(heads + rope)
-    config = RopeConfig(theta=10000.0, rope_type="yarn", factor=40.0, original_max_position_embeddings=64,
-                        beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0) if yarn else RopeConfig(theta=10000.0)
+    config = RopeConfig(theta=10000.0)
+    if yarn:
+        config = RopeConfig(theta=10000.0, rope_type="yarn", factor=40.0, original_max_position_embeddings=64,
+                            beta_fast=32, beta_slow=1, mscale=1.0, mscale_all_dim=1.0)
     rotary = Rotary(config, rope)
     positions = np.array([0, 7, 300, 1001][: 1 + heads % 4])
     x = random(rng, positions.size, heads * (nope + rope))
@@ -158,7 +165,7 @@ def test_route_into_equals_route(name, rows):
     route_into(x, gate, bias if bias is not None else np.zeros(0, np.float32), cfg.scoring_func == "sigmoid",
                bias is not None, groups, cfg.topk_group, cfg.topk_method == "noaux_tc", cfg.norm_topk_prob,
                np.float32(cfg.routed_scaling_factor), np.zeros((rows, E), np.float32), np.zeros(E, np.float32),
-               np.zeros(groups, np.float32), indices, weights)
+               np.zeros(groups, np.float32), indices, weights, np.zeros((4, D), np.float32))
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
 
@@ -168,7 +175,8 @@ def test_route_into_equals_route(name, rows):
 def test_swiglu_add_equals_swiglu(rows, width, dim, dtype):
     rng = np.random.default_rng(width)
     x = random(rng, rows, dim)
-    matrices = [random(rng, width, dim, scale=0.1), random(rng, width, dim, scale=0.1), random(rng, dim, width, scale=0.1)]
+    matrices = [random(rng, width, dim, scale=0.1), random(rng, width, dim, scale=0.1),
+                random(rng, dim, width, scale=0.1)]
     if dtype == "bf16":
         matrices = [as_bf16(m) for m in matrices]
     row_weights = random(rng, rows)
@@ -176,5 +184,5 @@ def test_swiglu_add_equals_swiglu(rows, width, dim, dtype):
     h = random(rng, rows, dim)
     expected = h + row_weights[:, None] * swiglu(x, *(bf16_to_f32(m) if dtype == "bf16" else m for m in matrices))
     gate, up, out = np.zeros((rows, width), np.float32), np.zeros((rows, width), np.float32), np.zeros_like(x)
-    swiglu_add(x, *matrices, row_weights, gate, up, out, h)
+    swiglu_add(x, *matrices, row_weights, gate, up, out, h, np.zeros((4, max(width, dim)), np.float32))
     np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)

