@@ -54,3 +54,32 @@ def test_seed_reproducible_and_frequencies_match():
 def test_invalid_settings(kwargs, message):
     with pytest.raises(GenerationError, match=message):
         SamplingParams(**kwargs)
+
+
+SETTINGS = [dict(temperature=0.8), dict(temperature=1.0, top_k=40), dict(temperature=0.7, top_p=0.9),
+            dict(temperature=0.8, top_k=40, top_p=0.95), dict(temperature=1.3, top_k=1),
+            dict(temperature=0.5, top_k=7, top_p=0.3)]
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_kernel_distribution_equals_probabilities(settings):
+    """The Numba kernel against its NumPy twin, including tied logits at the top-k boundary.
+    Tolerance 1e-12: both sum float64 values, in a different order (NumPy's sum is pairwise)."""
+    params = SamplingParams(**settings)
+    rng = np.random.default_rng(3)
+    sampler = Sampler(params, kernels=True)
+    for vocabulary in (4096, 1000, 3):
+        logits = (rng.standard_normal(vocabulary) * 3).astype(np.float32)
+        logits[: vocabulary // 3] = np.round(logits[: vocabulary // 3])  # many exact ties
+        np.testing.assert_allclose(sampler.distribution(logits), probabilities(logits, params), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("settings", SETTINGS, ids=lambda s: ",".join(f"{k}={v}" for k, v in s.items()))
+def test_kernel_sampler_draws_the_same_tokens(settings):
+    """Same seed, same logits: the kernel path and the NumPy path pick the same token every time."""
+    rng = np.random.default_rng(4)
+    numpy_path = Sampler(SamplingParams(**settings, seed=11))
+    kernel_path = Sampler(SamplingParams(**settings, seed=11), kernels=True)
+    for _ in range(300):
+        logits = (rng.standard_normal(512) * 2).astype(np.float32)
+        assert kernel_path(logits) == numpy_path(logits)

@@ -305,7 +305,7 @@ class LLM:
         if not (isinstance(draft_tokens, int) and draft_tokens >= 1):
             raise GenerationError(f"invalid draft_tokens {draft_tokens!r}: use a positive integer")
         mode = self.resolve_speculative(speculative)
-        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed))
+        sampler = Sampler(SamplingParams(temperature, top_k, top_p, seed), kernels=self.forward.name == "numba")
         ids = self._prompt_ids(prompt)
         limit = self.config.max_position_embeddings
         stats = self.last_stats = GenerationStats(prompt_tokens=int(ids.size), finish_reason="context",

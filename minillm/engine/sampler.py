@@ -52,13 +52,41 @@ def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
 
 
 class Sampler:
-    def __init__(self, params: SamplingParams):
+    """Draws tokens from logits. With `kernels`, the distribution and the draw run as Numba kernels
+    (minillm/kernels/sampling.py) into buffers made once; they pick the same token as the NumPy
+    code from the same random stream."""
+
+    def __init__(self, params: SamplingParams, kernels: bool = False):
         self.params = params
         self.rng = np.random.default_rng(params.seed)
+        self.kernels = kernels
+        self._buffers: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+    def distribution(self, logits: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """Return the distribution (V,) float64 that sampling draws from; see `probabilities`."""
+        if not self.kernels:
+            return probabilities(logits, self.params)
+        from minillm.kernels.sampling import distribution_into
+
+        if self._buffers is None or self._buffers[0].size != logits.size:
+            V = logits.size
+            self._buffers = (np.empty(V), np.empty(V, dtype=np.int64), np.empty(V))
+        probs, order, work = self._buffers
+        out = probs if out is None else out
+        p = self.params
+        distribution_into(logits, float(p.temperature), p.top_k, float(p.top_p), out, order, work)
+        return out
+
+    def draw(self, probs: np.ndarray) -> int:
+        """Draw a token id from a distribution (V,), consuming one uniform number of the stream."""
+        if not self.kernels:
+            return int(self.rng.choice(probs.size, p=probs))
+        from minillm.kernels.sampling import draw
+
+        return int(draw(probs, self.rng.random()))
 
     def __call__(self, logits: np.ndarray) -> int:
-        """Pick the next token id from logits (V,)."""
+        """Pick the next token id from logits (V,). The returned distribution buffer is reused."""
         if self.params.greedy:
             return int(np.argmax(logits))
-        probs = probabilities(logits, self.params)
-        return int(self.rng.choice(probs.size, p=probs))
+        return self.draw(self.distribution(logits))

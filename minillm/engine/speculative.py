@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from minillm.engine.kv_cache import LatentCache
-from minillm.engine.sampler import Sampler, probabilities
+from minillm.engine.sampler import Sampler
 
 PREFILL_CHUNK_TOKENS = 256  # MTP positions per forward pass when it catches up with a prompt
 
@@ -58,8 +58,8 @@ class SpeculativeDecoder:
         """Pick a token from logits (V,); also return its distribution when sampling."""
         if self.greedy:
             return int(np.argmax(logits)), None
-        probs = probabilities(logits, self.sampler.params)
-        return int(self.sampler.rng.choice(probs.size, p=probs)), probs
+        probs = self.sampler.distribution(logits, np.empty(logits.size))  # kept until verification
+        return self.sampler.draw(probs), probs
 
     def _draft(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache: LatentCache,
                count: int) -> tuple[list[int], list[np.ndarray | None]]:
@@ -90,7 +90,7 @@ class SpeculativeDecoder:
                 if choice != draft:
                     return j, choice
                 continue
-            p = probabilities(target_logits[j], self.sampler.params)
+            p = self.sampler.distribution(target_logits[j])
             replacement = accept_draft(p, dists[j], draft, self.sampler.rng)
             if replacement is not None:
                 return j, replacement
