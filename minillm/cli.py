@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 import minillm
+from minillm import kernels
 from minillm.engine.memory_plan import default_cache_dir
 from minillm.engine.perplexity import perplexity
 from minillm.engine.trace import Tracer
@@ -24,13 +25,22 @@ from minillm.kvcalc import cli as kv_calc_cli
 log = logging.getLogger("minillm.cli")
 
 
-def _positive_int(text: str) -> int:
+def _count(text: str) -> int:
+    """An integer of 0 or more (0 often turns the option off)."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"invalid value {value}: must be 0 or more")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An integer of 1 or more."""
+    value = _count(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: must be 1 or more")
     return value
 
 
@@ -50,9 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--model", type=Path, default=None,
                      help="checkpoint directory in Hugging Face layout (default: the model in weights/)")
     gen.add_argument("--prompt", required=True, help="text to continue")
-    gen.add_argument("-n", "--max-new-tokens", type=_positive_int, default=200, help="tokens to generate (default 200)")
+    gen.add_argument("-n", "--max-new-tokens", type=_count, default=200, help="tokens to generate (default 200)")
     gen.add_argument("--temperature", type=_float, default=0.8, help="sampling temperature; 0 is greedy (default 0.8)")
-    gen.add_argument("--top-k", type=_positive_int, default=40, help="sample from the K most likely tokens; 0 disables (default 40)")
+    gen.add_argument("--top-k", type=_count, default=40, help="sample from the K most likely tokens; 0 disables (default 40)")
     gen.add_argument("--top-p", type=_float, default=0.95, help="nucleus sampling mass in (0, 1]; 1 disables (default 0.95)")
     gen.add_argument("--seed", type=int, default=None, help="random seed for reproducible sampling")
     gen.add_argument("--speculative", choices=("auto", "mtp", "none"), default="auto",
@@ -62,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="MTP draft tokens per verification step (default 1)")
     gen.add_argument("--stats", action="store_true",
                      help="print timing, token counts and the memory tiers as one JSON object on the last line of stderr")
-    gen.add_argument("--stats-every", type=_positive_int, default=0, metavar="N",
+    gen.add_argument("--stats-every", type=_count, default=0, metavar="N",
                      help="also write a JSON line of statistics to stderr every N generated tokens")
     gen.add_argument("--trace", type=_positive_int, nargs="?", const=1, default=None, metavar="N",
                      help="write a per-layer trace of the first N generated tokens to stderr (N defaults to 1)")
@@ -191,12 +201,20 @@ def cmd_cache(args: argparse.Namespace) -> int:
             stale = remove_stale_spill_files(directory)
             if stale:
                 print(f"removed {stale} KV spill files left by killed runs from {directory}")
+            folders = kernels.remove_cache_folders(directory)
+            if folders:
+                print(f"removed {folders} compiled-kernel folders from {directory}; the next run compiles again")
         return 0
     rows = prefix_cache.list_entries(directory)
     if not rows:
         print(f"the prefix cache in {directory / 'prefix'} is empty")
     for row in rows:
         print(f"model {row['model']}: {row['pages']} pages, {format_size(row['bytes'])}")
+    current = kernels.cache_folder_name()
+    for folder in kernels.cache_folders(directory):
+        size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+        note = "this version" if folder.name == current else "older kernel sources: `minillm cache clear` removes it"
+        print(f"compiled kernels {folder.name}: {format_size(size)} ({note})")
     return 0
 
 

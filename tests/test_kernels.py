@@ -13,7 +13,7 @@ from minillm.config import ModelConfig, RopeConfig
 from minillm.io.safetensors import bf16_to_f32
 from minillm.kernels.attention import absorbed_attention
 from minillm.kernels.linear import float32_to_bf16, linear_rows, linear_rows_reference
-from minillm.kernels.moe import route_into, swiglu_add
+from minillm.kernels.moe import Routing, route_into, swiglu_add
 from minillm.kernels.norm import rms_norm_into, rope_into
 from minillm.model.mla import MLA, AttentionWeights
 from minillm.model.moe import route
@@ -162,10 +162,9 @@ def test_route_into_equals_route(name, rows):
 
     indices, weights = np.zeros((rows, K), np.int64), np.zeros((rows, K), np.float32)
     groups = cfg.n_group if cfg.uses_groups else 1
-    route_into(x, gate, bias if bias is not None else np.zeros(0, np.float32), cfg.scoring_func == "sigmoid",
-               bias is not None, groups, cfg.topk_group, cfg.topk_method == "noaux_tc", cfg.norm_topk_prob,
-               np.float32(cfg.routed_scaling_factor), np.zeros((rows, E), np.float32), np.zeros(E, np.float32),
-               np.zeros(groups, np.float32), indices, weights, np.zeros((4, D), np.float32))
+    route_into(x, gate, bias if bias is not None else np.zeros(0, np.float32), Routing.from_config(cfg),
+               np.zeros((rows, E), np.float32), np.zeros(E, np.float32), np.zeros(groups, np.float32), indices, weights,
+               np.zeros((4, D), np.float32))
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
 

@@ -303,6 +303,24 @@ def test_stale_spill_files_are_removed(tmp_path):
     assert live.exists()
 
 
+def test_cache_commands_cover_compiled_kernels(tmp_path, capsys):
+    """`cache list` shows compiled-kernel folders, marking older sources; `cache clear` removes them."""
+    from minillm import kernels
+    from minillm.cli import main
+
+    current, older = tmp_path / kernels.cache_folder_name(), tmp_path / "kernels-0123456789abcdef"
+    for folder in (current, older):
+        folder.mkdir()
+        (folder / "kernel.nbc").write_bytes(b"x" * 100)
+    assert main(["cache", "list", "--cache-dir", str(tmp_path)]) == 0
+    listing = capsys.readouterr().out
+    assert f"{current.name}: 100 B (this version)" in listing
+    assert f"{older.name}: 100 B (older kernel sources" in listing
+    assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
+    assert "removed 2 compiled-kernel folders" in capsys.readouterr().out
+    assert not current.exists() and not older.exists()
+
+
 def test_sigterm_deletes_the_spill_file(tmp_path):
     """The default model (16k context) keeps generating long enough to be stopped mid-run; 33 MiB of
     dram leaves room for a few pages next to its checkpoint, so the 800-token prompt spills to ssd."""

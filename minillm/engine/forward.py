@@ -56,6 +56,8 @@ def make_forward(backend: str, transformer, mtp=None, threads: int | None = None
         raise GenerationError(f"invalid thread count {threads!r}: use a positive integer")
     if backend == "numpy":
         return NumpyForward(transformer, mtp)
-    from minillm.engine.numba_forward import NumbaForward  # compiles (or loads) the kernels
+    from minillm.engine.numba_forward import NumbaForward
 
-    return NumbaForward(transformer, mtp)
+    forward = NumbaForward(transformer, mtp)
+    forward.warm_up()
+    return forward

@@ -20,11 +20,13 @@ from types import SimpleNamespace
 import numpy as np
 
 from minillm.engine.forward import NumpyForward
+from minillm.engine.kv_cache import LatentCache
+from minillm.engine.sampler import Sampler, SamplingParams
 from minillm.kernels.engram import engram_add, engram_lookup
 from minillm.kernels.layer import final_logits, mla_finish, mla_project, mtp_input
 from minillm.kernels.linear import float32_to_bf16
-from minillm.kernels.moe import expert_add, route_into, swiglu_add
-from minillm.model.engram import CONV_NORM_EPS, GATE_FLOOR, EngramLayer
+from minillm.kernels.moe import Routing, expert_add, route_into, swiglu_add
+from minillm.model.engram import CONV_NORM_EPS, GATE_FLOOR, EngramLayer, EngramState
 from minillm.memory.expert_cache import StreamedExperts
 from minillm.model.mla import LATENT_NORM_EPS
 from minillm.model.moe import MoEWeights
@@ -64,9 +66,11 @@ class FastLayer:
     w_uv: np.ndarray  # (H, V, C)
     o: np.ndarray
     post_norm: np.ndarray
-    ffn: DenseWeights | MoEWeights  # the routed experts come from here
+    ffn: DenseWeights | MoEWeights
     dense: tuple[np.ndarray, ...] | None  # (gate, up, down) of the dense FFN or of the shared experts
     bias: np.ndarray  # (E,) correction bias, or empty
+    experts: object = None  # .get(e) -> (gate, up, down): the routed experts, None on a dense layer
+    routing: Routing | None = None  # how route_into chooses, set by NumbaForward
 
     @property
     def project(self) -> tuple:
@@ -95,7 +99,8 @@ class FastLayer:
                    _f32(None if direct else a.q_a_norm, 1),
                    _matrix(None if direct else a.q_b), _matrix(a.kv_a), _f32(a.kv_a_norm, 1), _f32(w_uk), _f32(w_uv),
                    _matrix(a.o), _f32(layer.post_attention_norm, 1), ffn,
-                   None if dense is None else tuple(_matrix(m) for m in dense), _f32(bias, 1))
+                   None if dense is None else tuple(_matrix(m) for m in dense), _f32(bias, 1),
+                   ffn.experts if isinstance(ffn, MoEWeights) else None)
 
 
 @dataclass
@@ -212,9 +217,35 @@ class NumbaForward(NumpyForward):
         self.eps = np.float32(cfg.rms_norm_eps)
         self.project_constants = (self.eps, np.float32(LATENT_NORM_EPS), cfg.num_attention_heads, cfg.qk_nope_head_dim)
         self.finish_constants = (np.float32(cfg.softmax_scale),)
-        groups = cfg.n_group if cfg.uses_groups else 1
-        self.routing = (cfg.scoring_func == "sigmoid", cfg.topk_method == "noaux_tc", groups, cfg.topk_group or 1,
-                        cfg.topk_method == "noaux_tc", bool(cfg.norm_topk_prob), np.float32(cfg.routed_scaling_factor))
+        routing = Routing.from_config(cfg)
+        for layer in self.layers + ([self.mtp_layer] if mtp is not None else []):
+            # a checkpoint without the correction bias chooses by the plain scores, as `route` does
+            layer.routing = routing._replace(correction=routing.correction and layer.bias.size > 0)
+
+    def warm_up(self) -> None:
+        """Load every kernel now (or compile it, the first time: about 5 s), by running one
+        throwaway step on scratch caches, so that no generation's first step pays for it.
+        Nothing is counted: the step bypasses the expert cache and the routing statistics."""
+        if not self.covered:
+            return
+        cfg, transformer = self.config, self.transformer
+        caches = [LatentCache(cfg.latent_dim, 4) for _ in range(cfg.num_hidden_layers)]
+        engram = EngramState(transformer.engram, cfg.hidden_size, 8) if transformer.engram else None
+        layers = self.layers + ([self.mtp_layer] if self.mtp_module is not None else [])
+        sources = [layer.experts for layer in layers]
+        observer, transformer.observer = transformer.observer, None
+        try:
+            for layer in layers:
+                layer.experts = _Uncounted(layer.experts)
+            hidden, logits = self.decode([0], 0, caches, engram)
+            if self.mtp_module is not None:
+                self.mtp(hidden, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), LatentCache(cfg.latent_dim, 4))
+            sampler = Sampler(SamplingParams(temperature=1.0, top_k=2, top_p=0.5, seed=0), kernels=True)
+            sampler(logits[0])
+        finally:
+            transformer.observer = observer
+            for layer, source in zip(layers, sources):
+                layer.experts = source
 
     def _fast(self, rows: int, absorbed: bool = True) -> bool:
         return (absorbed and rows <= self.state.rows and self.covered
@@ -276,16 +307,29 @@ class NumbaForward(NumpyForward):
         scores = s.scores_for(keys_a.shape[0] + keys_b.shape[0])
         mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, *self.finish_constants,
                    w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x, s.widened)
-        if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer
-            swiglu_add(v.x, *w.dense, v.ones, *v.ffn[w.dense[0].shape[0]], v.delta, v.h, s.widened)
+        if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer: every row weighs 1
+            gate, up = v.ffn[w.dense[0].shape[0]]  # scratch as wide as this FFN's hidden layer
+            swiglu_add(v.x, *w.dense, v.ones, gate, up, v.delta, v.h, s.widened)
         if not w.routed:
             return
-        route_into(v.x, w.ffn.gate, w.bias, *self.routing, v.router_logits, s.choice, s.group_scores, v.indices,
+        route_into(v.x, w.ffn.gate, w.bias, w.routing, v.router_logits, s.choice, s.group_scores, v.indices,
                    v.weights, s.widened)
         gate, up = v.ffn[self.config.moe_intermediate_size]
         for expert in _distinct(v.indices):
-            expert_add(v.x, *w.ffn.experts.get(expert), expert, v.indices, v.weights, v.row_weights, gate, up,
+            expert_add(v.x, *w.experts.get(expert), expert, v.indices, v.weights, v.row_weights, gate, up,
                        v.delta, v.h, s.widened)
+
+
+class _Uncounted:
+    """Routed experts read straight from their source, past the expert cache and its counters."""
+
+    def __init__(self, source):
+        self.source = source
+
+    def get(self, expert: int):
+        if isinstance(self.source, StreamedExperts):
+            return self.source.load(expert)[0]
+        return self.source.get(expert)
 
 
 def _bf16_loader(load):

@@ -11,17 +11,31 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from pathlib import Path
 
 import numba
 
 
-def _cache_dir() -> Path:
+def cache_folder_name() -> str:
+    """Name of the compiled-kernel folder for these kernel sources: kernels-<hash>."""
     sources = sorted(Path(__file__).parent.glob("*.py"))
-    digest = hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
-    root = Path(os.environ.get("MINILLM_CACHE_DIR") or Path.home() / ".cache" / "minillm")
-    return root / f"kernels-{digest}"
+    return "kernels-" + hashlib.sha256(b"".join(path.read_bytes() for path in sources)).hexdigest()[:16]
+
+
+def cache_folders(cache_dir: Path) -> list[Path]:
+    """Every compiled-kernel folder under cache_dir, this version's and older ones."""
+    return sorted(path for path in cache_dir.glob("kernels-*") if path.is_dir())
+
+
+def remove_cache_folders(cache_dir: Path) -> int:
+    """Delete every compiled-kernel folder under cache_dir; the next run compiles again (about 5 s)."""
+    folders = cache_folders(cache_dir)
+    for folder in folders:
+        shutil.rmtree(folder, ignore_errors=True)
+    return len(folders)
 
 
 if not os.environ.get("NUMBA_CACHE_DIR"):
-    numba.config.CACHE_DIR = str(_cache_dir())
+    root = Path(os.environ.get("MINILLM_CACHE_DIR") or Path.home() / ".cache" / "minillm")
+    numba.config.CACHE_DIR = str(root / cache_folder_name())

@@ -11,6 +11,8 @@ Shape legend: T rows, D model width, E routed experts, G groups, K experts per t
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit
 
@@ -29,14 +31,32 @@ def _largest(values, count):  # pragma: no cover - compiled
     return best
 
 
+class Routing(NamedTuple):
+    """How `route_into` chooses experts: the router settings of config.json, as plain values."""
+
+    sigmoid: bool  # sigmoid scores (V3), else softmax (V2)
+    correction: bool  # add the correction bias to the scores when choosing (noaux_tc)
+    groups: int  # expert groups; 1 turns the group limit off
+    topk_group: int  # groups kept
+    sum_top2: bool  # group score: the sum of its two largest choice values (noaux_tc), else the largest
+    normalize: bool  # renormalise the chosen scores to sum to 1 (norm_topk_prob)
+    scaling: np.float32  # routed_scaling_factor
+
+    @classmethod
+    def from_config(cls, cfg) -> Routing:
+        noaux = cfg.topk_method == "noaux_tc"
+        return cls(cfg.scoring_func == "sigmoid", noaux, cfg.n_group if cfg.uses_groups else 1, cfg.topk_group or 1,
+                   noaux, bool(cfg.norm_topk_prob), np.float32(cfg.routed_scaling_factor))
+
+
 @njit(cache=True, fastmath=FAST_MATH)
-def route_into(x, gate, bias, sigmoid, correction, groups, topk_group, sum_top2, normalize, scaling,
-               logits, choice, group_scores, indices, weights, widened):  # pragma: no cover - compiled
+def route_into(x, gate, bias, routing, logits, choice, group_scores, indices, weights,
+               widened):  # pragma: no cover - compiled
     """Route x (T, D) with router gate (E, D): indices (T, K) int64 and weights (T, K) float32.
 
-    bias (E,) is used when `correction` is true. groups <= 1 turns the group limit off; the group
-    score is the sum of the two largest choice values (sum_top2, noaux_tc) or the largest.
+    bias (E,) is used when routing.correction is true (else it may be empty).
     Scratch: logits (T, E), choice (E,), group_scores (G,), widened (4, D)."""
+    sigmoid, correction, groups, topk_group, sum_top2, normalize, scaling = routing
     T = x.shape[0]
     E = gate.shape[0]
     K = indices.shape[1]
