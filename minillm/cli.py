@@ -26,7 +26,7 @@ log = logging.getLogger("minillm.cli")
 
 
 def _count(text: str) -> int:
-    """An integer of 0 or more (0 often turns the option off)."""
+    """Parse an integer of 0 or more (0 often turns the option off)."""
     try:
         value = int(text)
     except ValueError:
@@ -37,7 +37,7 @@ def _count(text: str) -> int:
 
 
 def _positive_int(text: str) -> int:
-    """An integer of 1 or more."""
+    """Parse an integer of 1 or more."""
     value = _count(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"invalid value {value}: must be 1 or more")

@@ -318,7 +318,8 @@ def test_cache_commands_cover_compiled_kernels(tmp_path, capsys):
     assert f"{older.name}: 100 B (older kernel sources" in listing
     assert main(["cache", "clear", "--cache-dir", str(tmp_path)]) == 0
     assert "removed 2 compiled-kernel folders" in capsys.readouterr().out
-    assert not current.exists() and not older.exists()
+    assert not current.exists()
+    assert not older.exists()
 
 
 def test_sigterm_deletes_the_spill_file(tmp_path):

@@ -53,8 +53,8 @@ def probabilities(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
 
 class Sampler:
     """Draws tokens from logits. With `kernels`, the distribution and the draw run as Numba kernels
-    (minillm/kernels/sampling.py) into buffers made once; they pick the same token as the NumPy
-    code from the same random stream."""
+    (minillm/kernels/sampling.py) into buffers made once. Given the same random stream, they pick
+    the same token as the NumPy code."""
 
     def __init__(self, params: SamplingParams, kernels: bool = False):
         self.params = params

@@ -24,7 +24,7 @@ def cache_folder_name() -> str:
 
 
 def cache_folders(cache_dir: Path) -> list[Path]:
-    """Every compiled-kernel folder under cache_dir, this version's and older ones."""
+    """List every compiled-kernel folder under cache_dir, this version's and older ones."""
     return sorted(path for path in cache_dir.glob("kernels-*") if path.is_dir())
 
 

@@ -32,7 +32,7 @@ def _largest(values, count):  # pragma: no cover - compiled
 
 
 class Routing(NamedTuple):
-    """How `route_into` chooses experts: the router settings of config.json, as plain values."""
+    """Tell `route_into` how to choose experts: the router settings of config.json, as plain values."""
 
     sigmoid: bool  # sigmoid scores (V3), else softmax (V2)
     correction: bool  # add the correction bias to the scores when choosing (noaux_tc)

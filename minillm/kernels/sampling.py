@@ -17,7 +17,7 @@ from numba import njit
 
 @njit(cache=True)
 def _kth_largest(values, k, work):  # pragma: no cover - compiled
-    """The k-th largest of values (n,), found by quickselect on a copy in work (n,) float64."""
+    """Return the k-th largest of values (n,), found by quickselect on a copy in work (n,) float64."""
     n = values.size
     for i in range(n):
         work[i] = values[i]
@@ -46,7 +46,7 @@ def _kth_largest(values, k, work):  # pragma: no cover - compiled
 
 @njit(cache=True)
 def _before(probs, a, b):  # pragma: no cover - compiled
-    """Whether token a comes before token b in descending probability, ties by ascending id."""
+    """Tell whether token a comes before token b in descending probability, ties by ascending id."""
     return probs[a] > probs[b] or (probs[a] == probs[b] and a < b)
 
 
@@ -124,7 +124,7 @@ def distribution_into(logits, temperature, top_k, top_p, probs, order, work):  #
 
 @njit(cache=True)
 def draw(probs, u):  # pragma: no cover - compiled
-    """The first token whose cumulative probability, normalised by the total, exceeds u in [0, 1)."""
+    """Return the first token whose cumulative probability, over the total, exceeds u in [0, 1)."""
     total = 0.0
     for i in range(probs.size):
         total += probs[i]
