@@ -36,8 +36,10 @@ class NumpyForward:
 
     def mtp(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache,
             absorbed: bool = True) -> tuple[np.ndarray, np.ndarray]:
-        """The MTP module's block output (T, D) and draft logits (T, V); see `MTP.forward`."""
-        return self.mtp_module.forward(hidden, next_ids, positions, cache, absorbed)
+        """Run the MTP module (see `MTP.forward`): its block output (T, D), and the draft logits
+        (1, V) of the last row, the only one a draft comes from."""
+        y, logits = self.mtp_module.forward(hidden, next_ids, positions, cache, absorbed)
+        return y, logits[-1:]
 
 
 def default_threads() -> int:

@@ -285,8 +285,10 @@ class NumbaForward(NumpyForward):
                   self.mtp_state.widened)
         cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
         self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
-        final_logits(v.h, head_norm, self.config.rms_norm_eps, self.mtp_head, v.final, v.logits, self.mtp_state.widened)
-        return v.h, v.logits
+        last = slice(T - 1, T)  # only the last row's draft is used: the others' LM head would be wasted work
+        final_logits(v.h[last], head_norm, self.config.rms_norm_eps, self.mtp_head, v.final[last], v.logits[last],
+                     self.mtp_state.widened)
+        return v.h, v.logits[last]
 
     def _engram(self, index: int, v: SimpleNamespace, state) -> None:
         """Add layer `index`'s Engram output to the rows of v.h; their tokens are recorded in `state`."""
