@@ -185,3 +185,51 @@ def test_swiglu_add_equals_swiglu(rows, width, dim, dtype):
     gate, up, out = np.zeros((rows, width), np.float32), np.zeros((rows, width), np.float32), np.zeros_like(x)
     swiglu_add(x, *matrices, row_weights, gate, up, out, h, np.zeros((4, max(width, dim)), np.float32))
     np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)
+
+
+@pytest.mark.parametrize("start, rows", [(0, 1), (1, 3), (2, 1), (37, 5), (300, 2)])
+def test_engram_kernels_equal_engram_layer(start, rows):
+    """engram_lookup and engram_add against EngramState.prepare and EngramLayer.forward, on the
+    Engram fixture's real tables with random token ids and a random residual stream. Rows and
+    gathered values must match exactly; the output within ATOL (float32 sums in another order)."""
+    from pathlib import Path
+
+    from minillm import LLM
+    from minillm.engine.numba_forward import FastEngram
+    from minillm.kernels.engram import engram_add, engram_lookup
+    from minillm.model.engram import EngramState
+
+    model = LLM.from_directory(Path(__file__).parent / "fixtures" / "torch" / "engram_small", backend="numpy")
+    (index, layer), = model.transformer.engram.items()
+    fast = FastEngram.build(layer)
+    rng = np.random.default_rng(start + rows)
+    D, end = model.config.hidden_size, start + rows
+    ids = rng.integers(0, model.config.vocab_size, size=end)
+    positions = np.arange(start, end)
+
+    reference = EngramState(model.transformer.engram, D, end)
+    if start:
+        reference.prepare(ids[:start], np.arange(start))
+    history = rng.standard_normal((end, D)).astype(np.float32)  # earlier positions' conv inputs
+    reference.history[index][:start] = history[:start]
+    gathered = reference.prepare(ids[start:], positions)[index]
+    h = random(rng, rows, D)
+    expected = h + layer.forward(h, gathered, reference.history[index], positions)
+
+    state = EngramState(model.transformer.engram, D, end)
+    state.record(ids, np.arange(end))
+    state.history[index][:start] = history[:start]
+    R = layer.offsets.size
+    found, embedded = np.zeros((rows, R), np.int64), np.zeros((rows, gathered.shape[1]), np.float32)
+    distinct = engram_lookup(state.ids, positions, *fast.lookup, found, embedded)
+    back = layer.config.max_ngram_size - 1  # ids before the first new one that its n-grams read
+    context = np.concatenate([np.full(max(0, back - start), -1), ids[max(0, start - back) : end]])
+    np.testing.assert_array_equal(found, layer.rows(context, rows))
+    assert distinct == np.unique(found).size
+    np.testing.assert_array_equal(embedded, gathered)
+    scratch = [np.zeros((rows, D), np.float32) for _ in range(3)]
+    engram_add(h, embedded, positions, *fast.weights, state.history[index], *scratch,
+               np.zeros((4, embedded.shape[1]), np.float32))
+    np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)
+    np.testing.assert_allclose(state.history[index][start:end], reference.history[index][start:end], atol=1e-5)
+    model.close()
