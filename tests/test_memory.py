@@ -66,7 +66,8 @@ def test_parse_size_rejects(text):
 @pytest.mark.parametrize("speculative", ["none", "mtp"])
 @pytest.mark.parametrize("hot_pages, dram_pages", [(None, None), (1, None), (2, 2), (3, 1), (1, 0)])
 def test_output_identical_for_every_budget(model_dir, tmp_path, speculative, hot_pages, dram_pages):
-    expected = greedy(load(model_dir, tmp_path / "all", prefix_cache=False), speculative="none")
+    """The numba backend, attending over pages in every tier, against the NumPy reference with all in hbm."""
+    expected = greedy(load(model_dir, tmp_path / "all", prefix_cache=False, backend="numpy"), speculative="none")
     budgets = {} if hot_pages is None else budgets_for(model_dir, hot_pages, dram_pages)
     model = load(model_dir, tmp_path / "tiers", prefix_cache=False, **budgets)
     assert greedy(model, speculative=speculative) == expected
