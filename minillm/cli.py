@@ -13,12 +13,12 @@ from pathlib import Path
 
 import minillm
 from minillm import kernels
-from minillm.engine.memory_plan import default_cache_dir
 from minillm.engine.perplexity import perplexity
 from minillm.engine.trace import Tracer
 from minillm.memory import prefix_cache
 from minillm.memory.sizes import format_size
 from minillm.memory.spill import remove_stale_spill_files
+from minillm.memory.tiers import default_cache_dir
 from minillm.errors import MiniLLMError
 from minillm.kvcalc import cli as kv_calc_cli
 

@@ -1,8 +1,8 @@
 """Numba kernels against their NumPy twins, on random inputs including odd sizes.
 
-Tolerances: the kernels sum float32 in a different order than NumPy's pairwise sums and BLAS
-(fastmath lets LLVM split a dot product over vector lanes), so results differ by round-off: about
-sqrt(n) * 6e-8 relative to the terms' size for a length-n sum. 1e-4 absolute on outputs of order
+Tolerances: the kernels sum float32 in a different order than NumPy's pairwise sums and BLAS,
+because fastmath lets LLVM split a dot product over vector lanes. Results then differ by
+round-off, about sqrt(n) * 6e-8 relative to the terms' size for a length-n sum. 1e-4 absolute on outputs of order
 1 to 30 bounds that with room; a wrong index or a missing term shows up as an error of order 1.
 """
 
@@ -66,7 +66,7 @@ def test_linear_rows_rejects_wrong_dtype():
         linear_rows(np.ones((1, 4)), np.ones((2, 4), dtype=np.float32))
 
 
-def test_bf16_round_trip_is_exact_and_refuses_other_values():
+def test_bf16_round_trip_exact():
     rng = np.random.default_rng(1)
     bits = as_bf16(random(rng, 64, 32))
     values = bf16_to_f32(bits)

@@ -1,18 +1,19 @@
 """Benchmark minillm against transformers and llama.cpp on the same weights, side by side in one run.
 
 Rows: minillm's numpy backend, its numba backend with and without MTP, transformers'
-DeepseekV3ForCausalLM (torch, float32) and llama.cpp through llama-cpp-python (F32 GGUF exported
-here, driven token by token from Python), all on weights/minillm-tiny-baseline, plus minillm on
-the default Engram model. Each row runs in its own subprocess, so its peak RSS is its own. The
-rows take turns over --rounds rounds, so that machine noise hits them alike, and the tables show
-medians. Every row uses the same thread count (default 1, because the benchmark machine of
-docs/benchmarks.md has 2 shared cores). The output also gives the memory-bandwidth limit of decoding, time to first token of the numba
-backend with a cold and a warm Numba cache, and whether each speed goal is met.
+DeepseekV3ForCausalLM (torch, float32) and llama.cpp through llama-cpp-python (F32 and BF16 GGUFs
+exported here, driven token by token from Python), all on weights/minillm-tiny-baseline, plus
+minillm on the default Engram model. Each row runs in its own subprocess, so its peak RSS is its
+own. The rows take turns over --rounds rounds, so that machine noise hits them alike, and the
+tables show medians. Every row uses the same thread count (default 1, because the benchmark
+machine of docs/benchmarks.md has 2 shared cores). The output also gives the memory-bandwidth
+limit of decoding, the numba backend's time to first token with a cold and a warm Numba cache,
+and whether each speed goal is met.
 
 Usage: python tools/bench.py [--rounds 3] [--threads 1] [--cases numpy transformers ...]
                              [--text FILE ...] [--json PATH]
-Needs the `ref` extra for the transformers row and the `bench` extra for the llama.cpp row; a
-row whose packages are missing is skipped with the reason.
+The transformers row needs the `ref` extra and the llama.cpp rows need the `bench` extra. A row
+whose packages are missing is skipped, and the output gives the reason.
 """
 
 from __future__ import annotations

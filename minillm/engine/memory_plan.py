@@ -24,15 +24,11 @@ from minillm.memory.paged_kv import PagedKVCache
 from minillm.memory.prefix_cache import PrefixCache, model_fingerprint
 from minillm.memory.sizes import format_size
 from minillm.memory.spill import SpillFile
-from minillm.memory.tiers import MemoryConfig, MemoryHierarchy
+from minillm.memory.tiers import MemoryConfig, MemoryHierarchy, default_cache_dir
 from minillm.model.engram import EngramTable
 from minillm.model.transformer import ModelWeights
 
 log = logging.getLogger(__name__)
-
-
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("MINILLM_CACHE_DIR") or Path.home() / ".cache" / "minillm")
 
 
 def pinned_bytes(weights: ModelWeights) -> int:

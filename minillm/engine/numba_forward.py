@@ -33,7 +33,6 @@ from minillm.model.moe import MoEWeights
 from minillm.model.transformer import DenseWeights, LayerOutput, LayerWeights
 
 MAX_ROWS = 8  # rows per step the buffers hold: the pending token plus up to 7 drafts
-EMPTY_F32 = np.zeros((0, 0), dtype=np.float32)
 
 
 def _f32(array: np.ndarray | None, ndim: int = 2) -> np.ndarray:
@@ -113,7 +112,7 @@ class FastEngram:
 
     @classmethod
     def build(cls, layer: EngramLayer) -> FastEngram | None:
-        """Return None when the table's dtype has no kernel (F16): the model then stays on NumPy."""
+        """Return None when no kernel reads the table's dtype (F16), so that the model stays on NumPy."""
         w, cfg = layer.w, layer.config
         stored = w.table.stored
         if stored.dtype not in (np.uint16, np.float32):
@@ -131,9 +130,12 @@ class RunState:
 
     def __init__(self, config, rows: int):
         D, H, C = config.hidden_size, config.num_attention_heads, config.kv_lora_rank
-        widths = [config.intermediate_size or 0, (config.moe_intermediate_size or 0) * (config.n_shared_experts or 0)]
         E, K = config.n_routed_experts or 1, config.num_experts_per_tok or 1
+        expert_width = config.moe_intermediate_size or 0
+        # hidden widths of the dense FFN, the shared experts (fused) and one routed expert
+        ffn_widths = {config.intermediate_size or 0, expert_width * (config.n_shared_experts or 0), expert_width} - {0}
         f32 = lambda *shape: np.zeros(shape, dtype=np.float32)  # noqa: E731
+
         self.rows = rows
         self.ids = np.zeros(rows, dtype=np.int64)
         self.positions = np.zeros(rows, dtype=np.int64)
@@ -146,24 +148,27 @@ class RunState:
         self.attn = f32(rows, H * config.v_head_dim)
         self.query, self.mixed = f32(config.latent_dim), f32(C)
         self.scores = f32(1024)  # grows with the context
-        widths = {w for w in widths + [config.moe_intermediate_size or 0] if w}
-        self.ffn = {w: (f32(rows, w), f32(rows, w)) for w in widths}  # FFN width -> gate and up scratch
+
+        self.ffn = {width: (f32(rows, width), f32(rows, width)) for width in ffn_widths}  # width -> gate, up
         self.router_logits, self.choice, self.group_scores = f32(rows, E), f32(E), f32(max(1, config.n_group or 1))
         self.indices = np.zeros((rows, K), dtype=np.int64)
         self.weights = f32(rows, K)
         self.row_weights = f32(rows)
         self.ones = np.ones(rows, dtype=np.float32)
         self.logits = f32(rows, config.vocab_size)
+
+        # the longest input row any projection reads: the MTP's joined input, the query LoRA,
+        # attention's output, an FFN's hidden layer, or Engram's gathered rows
+        inputs = [2 * D, config.q_lora_rank or 0, H * config.v_head_dim, *ffn_widths]
         if config.engram is not None:
             R = (config.engram.max_ngram_size - 1) * config.engram.n_head_per_ngram
+            gathered = (config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram
             self.engram_rows = np.zeros((rows, R), dtype=np.int64)
-            self.embedded = f32(rows, (config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram)
+            self.embedded = f32(rows, gathered)
             self.engram_scratch = (f32(rows, D), f32(rows, D), f32(rows, D))  # key, query, value
-        inputs = [2 * D, config.q_lora_rank or 0, H * config.v_head_dim, config.intermediate_size or 0,
-                  (config.moe_intermediate_size or 0) * max(1, config.n_shared_experts or 0)]
-        if config.engram is not None:
-            inputs.append((config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram)
+            inputs.append(gathered)
         self.widened = f32(4, max(inputs))  # matmul_into's block of four widened weight rows
+
         self._views: dict[int, SimpleNamespace] = {}
         self.no_keys = f32(0, config.latent_dim)
         self.no_positions = np.zeros(0, dtype=np.int64)
@@ -216,16 +221,16 @@ class NumbaForward(NumpyForward):
             self.eh_proj = _matrix(mtp.w.eh_proj)
         self.eps = np.float32(cfg.rms_norm_eps)
         self.project_constants = (self.eps, np.float32(LATENT_NORM_EPS), cfg.num_attention_heads, cfg.qk_nope_head_dim)
-        self.finish_constants = (np.float32(cfg.softmax_scale),)
+        self.scale = np.float32(cfg.softmax_scale)
         routing = Routing.from_config(cfg)
         for layer in self.layers + ([self.mtp_layer] if mtp is not None else []):
             # a checkpoint without the correction bias chooses by the plain scores, as `route` does
             layer.routing = routing._replace(correction=routing.correction and layer.bias.size > 0)
 
     def warm_up(self) -> None:
-        """Load every kernel now (or compile it, the first time: about 5 s), by running one
-        throwaway step on scratch caches, so that no generation's first step pays for it.
-        Nothing is counted: the step bypasses the expert cache and the routing statistics."""
+        """Load every kernel now, or compile it the first time (8 s on the 2-core benchmark machine),
+        by running one throwaway step on scratch caches, so that no generation's first step pays for
+        it. Nothing is counted: the step bypasses the expert cache and the routing statistics."""
         if not self.covered:
             return
         cfg, transformer = self.config, self.transformer
@@ -239,7 +244,8 @@ class NumbaForward(NumpyForward):
                 layer.experts = _Uncounted(layer.experts)
             hidden, logits = self.decode([0], 0, caches, engram)
             if self.mtp_module is not None:
-                self.mtp(hidden, np.zeros(1, dtype=np.int64), np.zeros(1, dtype=np.int64), LatentCache(cfg.latent_dim, 4))
+                zero = np.zeros(1, dtype=np.int64)
+                self.mtp(hidden, zero, zero, LatentCache(cfg.latent_dim, 4))
             sampler = Sampler(SamplingParams(temperature=1.0, top_k=2, top_p=0.5, seed=0), kernels=True)
             sampler(logits[0])
         finally:
@@ -261,6 +267,8 @@ class NumbaForward(NumpyForward):
         np.add(self.state.steps[:T], start, out=v.positions)
         np.take(self.transformer.weights.embed, v.ids, axis=0, out=v.h, mode="clip")  # the caller checked the ids
         if self.engram:
+            if engram is None:
+                raise ValueError("this model has Engram layers: pass the EngramState that goes with the caches")
             engram.record(v.ids, v.positions)
         cos, sin = self.transformer.rotary.tables(start + T)
         observe = self.transformer.observer
@@ -270,7 +278,7 @@ class NumbaForward(NumpyForward):
             self._layer(layer, self.state, v, cos, sin, caches[i])
             if observe is not None and layer.routed:
                 observe(i, LayerOutput(v.indices, v.weights))
-        final_logits(v.h, self.norm, self.config.rms_norm_eps, self.head, v.final, v.logits, self.state.widened)
+        final_logits(v.h, self.norm, self.eps, self.head, v.final, v.logits, self.state.widened)
         return v.final, v.logits
 
     def mtp(self, hidden, next_ids, positions, cache, absorbed: bool = True):
@@ -281,12 +289,11 @@ class NumbaForward(NumpyForward):
         v.positions[:] = positions
         np.take(m.embed, next_ids, axis=0, out=v.x, mode="clip")
         embed_norm, hidden_norm, head_norm = self.mtp_norms
-        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.config.rms_norm_eps, self.eh_proj, v.joined, v.h,
-                  self.mtp_state.widened)
+        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.eps, self.eh_proj, v.joined, v.h, self.mtp_state.widened)
         cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
         self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
         last = slice(T - 1, T)  # only the last row's draft is used: the others' LM head would be wasted work
-        final_logits(v.h[last], head_norm, self.config.rms_norm_eps, self.mtp_head, v.final[last], v.logits[last],
+        final_logits(v.h[last], head_norm, self.eps, self.mtp_head, v.final[last], v.logits[last],
                      self.mtp_state.widened)
         return v.h, v.logits[last]
 
@@ -307,7 +314,7 @@ class NumbaForward(NumpyForward):
         keys_a, positions_a = blocks[0]
         keys_b, positions_b = blocks[1] if len(blocks) > 1 else (s.no_keys, s.no_positions)
         scores = s.scores_for(keys_a.shape[0] + keys_b.shape[0])
-        mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, *self.finish_constants,
+        mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, self.scale,
                    w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x, s.widened)
         if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer: every row weighs 1
             gate, up = v.ffn[w.dense[0].shape[0]]  # scratch as wide as this FFN's hidden layer

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm.errors import GenerationError
+from minillm.kernels import sampling as kernels
 
 
 @dataclass(frozen=True)
@@ -66,24 +67,20 @@ class Sampler:
         """Return the distribution (V,) float64 that sampling draws from; see `probabilities`."""
         if not self.kernels:
             return probabilities(logits, self.params)
-        from minillm.kernels.sampling import distribution_into
-
         if self._buffers is None or self._buffers[0].size != logits.size:
             V = logits.size
             self._buffers = (np.empty(V), np.empty(V, dtype=np.int64), np.empty(V))
         probs, order, work = self._buffers
         out = probs if out is None else out
         p = self.params
-        distribution_into(logits, float(p.temperature), p.top_k, float(p.top_p), out, order, work)
+        kernels.distribution_into(logits, float(p.temperature), p.top_k, float(p.top_p), out, order, work)
         return out
 
     def draw(self, probs: np.ndarray) -> int:
         """Draw a token id from a distribution (V,), consuming one uniform number of the stream."""
         if not self.kernels:
             return int(self.rng.choice(probs.size, p=probs))
-        from minillm.kernels.sampling import draw
-
-        return int(draw(probs, self.rng.random()))
+        return int(kernels.draw(probs, self.rng.random()))
 
     def __call__(self, logits: np.ndarray) -> int:
         """Pick the next token id from logits (V,). The returned distribution buffer is reused."""

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numba
 
+from minillm.memory.tiers import default_cache_dir
+
 
 def cache_folder_name() -> str:
     """Name of the compiled-kernel folder for these kernel sources: kernels-<hash>."""
@@ -37,5 +39,4 @@ def remove_cache_folders(cache_dir: Path) -> int:
 
 
 if not os.environ.get("NUMBA_CACHE_DIR"):
-    root = Path(os.environ.get("MINILLM_CACHE_DIR") or Path.home() / ".cache" / "minillm")
-    numba.config.CACHE_DIR = str(root / cache_folder_name())
+    numba.config.CACHE_DIR = str(default_cache_dir() / cache_folder_name())

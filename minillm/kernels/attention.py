@@ -6,8 +6,8 @@ Per query row t and head h (DeepSeek-V2 paper, section 2.1.3, with W_UK and W_UV
     s_j   = scale * [q_lat ; q_rope] . [c_j ; k_rope_j]   for every cached key j at or before t
     o     = W_UV[h] (sum_j softmax(s)_j c_j)             (V,)
 
-Keys come as two blocks (the hot arena and the staged copy of pages in lower tiers), each with
-the position of every row; rows at later positions (and unused rows) are masked out.
+Keys come as two blocks, the hot arena and the staged copy of pages in lower tiers, each with
+the position of every row. Rows at later positions, and unused rows, are masked out.
 NumPy twin: `MLA.attend_absorbed` without its output projection (tests/test_kernels.py).
 Shape legend: T rows, H heads, N nope dim, R rope dim, C kv_lora_rank, V v_head_dim, S keys.
 """

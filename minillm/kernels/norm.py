@@ -29,8 +29,8 @@ def rms_norm_into(x, weight, eps, out):  # pragma: no cover - compiled
 def rope_into(x, heads, head_dim, offset, cos, sin, positions):  # pragma: no cover - compiled
     """Rotate, in place, the RoPE slice of every head of x (T, heads * head_dim).
 
-    Head h's slice starts at column h * head_dim + offset; pairs (2j, 2j+1) turn by the angle of
-    positions[t] (tables cos, sin (P, R/2), already scaled by YaRN's attention factor)."""
+    Head h's slice starts at column h * head_dim + offset. Pairs (2j, 2j+1) turn by the angle of
+    positions[t], read from the tables cos, sin (P, R/2), which YaRN's attention factor already scales."""
     half = cos.shape[1]
     for t in range(x.shape[0]):
         p = positions[t]

@@ -9,6 +9,7 @@ allowed to live, and every move between tiers is an explicit copy that `move` co
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +20,11 @@ from minillm.memory.sizes import format_size, parse_size
 TIER_NAMES = ("hbm", "dram", "ssd")
 KINDS = ("kv", "experts", "engram", "weights")
 
+
+
+def default_cache_dir() -> Path:
+    """Return the cache directory: $MINILLM_CACHE_DIR, else ~/.cache/minillm."""
+    return Path(os.environ.get("MINILLM_CACHE_DIR") or Path.home() / ".cache" / "minillm")
 
 @dataclass
 class MemoryConfig:
