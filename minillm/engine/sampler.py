@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minillm.errors import GenerationError
-from minillm.kernels import sampling as kernels
+from minillm.kernels import sampling as sampling_kernels
 
 
 @dataclass(frozen=True)
@@ -73,14 +73,14 @@ class Sampler:
         probs, order, work = self._buffers
         out = probs if out is None else out
         p = self.params
-        kernels.distribution_into(logits, float(p.temperature), p.top_k, float(p.top_p), out, order, work)
+        sampling_kernels.distribution_into(logits, float(p.temperature), p.top_k, float(p.top_p), out, order, work)
         return out
 
     def draw(self, probs: np.ndarray) -> int:
         """Draw a token id from a distribution (V,), consuming one uniform number of the stream."""
         if not self.kernels:
             return int(self.rng.choice(probs.size, p=probs))
-        return int(kernels.draw(probs, self.rng.random()))
+        return int(sampling_kernels.draw(probs, self.rng.random()))
 
     def __call__(self, logits: np.ndarray) -> int:
         """Pick the next token id from logits (V,). The returned distribution buffer is reused."""
