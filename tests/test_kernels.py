@@ -13,7 +13,7 @@ from minillm.config import ModelConfig, RopeConfig
 from minillm.io.safetensors import bf16_to_f32
 from minillm.kernels.attention import absorbed_attention
 from minillm.kernels.linear import float32_to_bf16, linear_rows, linear_rows_reference
-from minillm.kernels.moe import Routing, route_into, swiglu_add
+from minillm.kernels.moe import Routing, expert_add, route_into, swiglu_add
 from minillm.kernels.norm import rms_norm_into, rope_into
 from minillm.model.mla import MLA, AttentionWeights
 from minillm.model.moe import route
@@ -49,8 +49,8 @@ def test_linear_rows_equals_numpy(rows, out_dim, in_dim, dtype):
 @pytest.mark.parametrize("dtype", ["float32", "bf16"])
 @pytest.mark.parametrize("in_dim", [256, 768, 13])
 def test_linear_rows_same_row_same_result(dtype, in_dim):
-    """A row's result does not depend on the other rows, bit for bit: one row streams the weights,
-    several rows read a widened block, and both must sum alike for decode and verify to agree."""
+    """A row's result does not depend on the other rows, bit for bit: rows go through the kernel
+    in pairs or alone, and both must sum alike for decode and verify to agree."""
     rng = np.random.default_rng(in_dim)
     x = random(rng, 5, in_dim)
     w = random(rng, 514, in_dim)
@@ -131,11 +131,19 @@ def test_absorbed_attention_equals_mla(rows, cached, cold):
     q_heads = q.reshape(rows, H, N + R)
     expected = mla.attend_absorbed(q_heads[..., :N], q_heads[..., N:], blocks, positions)
 
-    out = np.zeros((rows, H * V), dtype=np.float32)
-    query, mixed, scores = np.zeros(C + R, np.float32), np.zeros(C, np.float32), np.zeros(total + 5, np.float32)
-    absorbed_attention(q, positions, np.ascontiguousarray(mla.w_uk), np.ascontiguousarray(mla.w_uv), *blocks[0],
-                       *blocks[1], np.float32(mla.scale), query, mixed, scores, out)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=ATOL)
+    def attend(q, positions):
+        T = q.shape[0]
+        out = np.zeros((T, H * V), dtype=np.float32)
+        scratch = (np.zeros((T * H, C + R), np.float32), np.zeros((T * H, C), np.float32), np.zeros(T * H, np.float32),
+                   np.zeros(T * H, np.float32), np.zeros(T * H * (total + 5), np.float32))
+        absorbed_attention(q, positions, np.ascontiguousarray(mla.w_uk), np.ascontiguousarray(mla.w_uv), *blocks[0],
+                           *blocks[1], np.float32(mla.scale), *scratch, out)
+        return out
+
+    together = attend(q, positions)
+    np.testing.assert_allclose(together, expected, rtol=1e-4, atol=ATOL)
+    for t in range(rows):  # a verified row attends exactly as a decoded one: keys after it are masked
+        np.testing.assert_array_equal(attend(q[t : t + 1], positions[t : t + 1])[0], together[t])
 
 
 ROUTERS = {
@@ -163,8 +171,7 @@ def test_route_into_equals_route(name, rows):
     indices, weights = np.zeros((rows, K), np.int64), np.zeros((rows, K), np.float32)
     groups = cfg.n_group if cfg.uses_groups else 1
     route_into(x, gate, bias if bias is not None else np.zeros(0, np.float32), Routing.from_config(cfg),
-               np.zeros((rows, E), np.float32), np.zeros(E, np.float32), np.zeros(groups, np.float32), indices, weights,
-               np.zeros((4, D), np.float32))
+               np.zeros((rows, E), np.float32), np.zeros(E, np.float32), np.zeros(groups, np.float32), indices, weights)
     np.testing.assert_array_equal(indices, expected_indices)
     np.testing.assert_allclose(weights, expected_weights, rtol=1e-5, atol=1e-6)
 
@@ -183,8 +190,43 @@ def test_swiglu_add_equals_swiglu(rows, width, dim, dtype):
     h = random(rng, rows, dim)
     expected = h + row_weights[:, None] * swiglu(x, *(bf16_to_f32(m) if dtype == "bf16" else m for m in matrices))
     gate, up, out = np.zeros((rows, width), np.float32), np.zeros((rows, width), np.float32), np.zeros_like(x)
-    swiglu_add(x, *matrices, row_weights, gate, up, out, h, np.zeros((4, max(width, dim)), np.float32))
+    swiglu_add(x, *matrices, row_weights, gate, up, out, h)
     np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16"])
+def test_expert_add_runs_only_the_routed_rows(dtype):
+    """expert_add adds each routed row's weighted expert output, leaves the other rows untouched,
+    and gives a routed row bit for bit what it gets when it runs alone, as in a decode step."""
+    rng = np.random.default_rng(7)
+    rows, width, dim, expert = 5, 48, 40, 3
+    x = random(rng, rows, dim)
+    matrices = [random(rng, width, dim, scale=0.1), random(rng, width, dim, scale=0.1),
+                random(rng, dim, width, scale=0.1)]
+    if dtype == "bf16":
+        matrices = [as_bf16(m) for m in matrices]
+    indices = np.array([[3, 1], [0, 2], [5, 3], [3, 6], [4, 7]], dtype=np.int64)  # rows 0, 2, 3 use expert 3
+    weights = random(rng, rows, 2)
+    h = random(rng, rows, dim)
+
+    def run(x, indices, weights, h):
+        T = x.shape[0]
+        scratch = [np.zeros((T, dim), np.float32), np.zeros(T, np.int64), np.zeros(T, np.float32),
+                   np.zeros((T, width), np.float32), np.zeros((T, width), np.float32), np.zeros((T, dim), np.float32)]
+        h = h.copy()
+        expert_add(x, *matrices, expert, indices, weights, *scratch, h)
+        return h
+
+    together = run(x, indices, weights, h)
+    dense = [bf16_to_f32(m) if dtype == "bf16" else m for m in matrices]
+    routed = (indices == expert).any(axis=1)
+    weight = np.where(indices == expert, weights, 0).sum(axis=1)
+    expected = h + weight[:, None] * swiglu(x, *dense)
+    np.testing.assert_allclose(together, expected, rtol=1e-4, atol=ATOL)
+    np.testing.assert_array_equal(together[~routed], h[~routed])
+    for t in np.flatnonzero(routed):
+        alone = run(x[t : t + 1], indices[t : t + 1], weights[t : t + 1], h[t : t + 1])
+        np.testing.assert_array_equal(alone[0], together[t])
 
 
 @pytest.mark.parametrize("start, rows", [(0, 1), (1, 3), (2, 1), (37, 5), (300, 2)])
@@ -228,8 +270,7 @@ def test_engram_kernels_equal_engram_layer(start, rows):
     assert distinct == np.unique(found).size
     np.testing.assert_array_equal(embedded, gathered)
     scratch = [np.zeros((rows, D), np.float32) for _ in range(3)]
-    engram_add(h, embedded, positions, *fast.weights, state.history[index], *scratch,
-               np.zeros((4, embedded.shape[1]), np.float32))
+    engram_add(h, embedded, positions, *fast.weights, state.history[index], *scratch)
     np.testing.assert_allclose(h, expected, rtol=1e-4, atol=ATOL)
     np.testing.assert_allclose(state.history[index][start:end], reference.history[index][start:end], atol=1e-5)
     model.close()

@@ -146,35 +146,33 @@ class RunState:
         self.q = f32(rows, H * config.qk_head_dim)
         self.entries = f32(rows, config.latent_dim)
         self.attn = f32(rows, H * config.v_head_dim)
-        self.query, self.mixed = f32(config.latent_dim), f32(C)
-        self.scores = f32(1024)  # grows with the context
+        # attention: one row per (row, head) query
+        self.queries, self.mixed = f32(rows * H, config.latent_dim), f32(rows * H, C)
+        self.peaks, self.totals = f32(rows * H), f32(rows * H)
+        self.scores = f32(rows * H * 256)  # grows with the context
 
         self.ffn = {width: (f32(rows, width), f32(rows, width)) for width in ffn_widths}  # width -> gate, up
         self.router_logits, self.choice, self.group_scores = f32(rows, E), f32(E), f32(max(1, config.n_group or 1))
         self.indices = np.zeros((rows, K), dtype=np.int64)
         self.weights = f32(rows, K)
         self.row_weights = f32(rows)
+        self.picked, self.picked_rows = f32(rows, D), np.zeros(rows, dtype=np.int64)  # one expert's rows
         self.ones = np.ones(rows, dtype=np.float32)
         self.logits = f32(rows, config.vocab_size)
 
-        # the longest input row any projection reads: the MTP's joined input, the query LoRA,
-        # attention's output, an FFN's hidden layer, or Engram's gathered rows
-        inputs = [2 * D, config.q_lora_rank or 0, H * config.v_head_dim, *ffn_widths]
         if config.engram is not None:
             R = (config.engram.max_ngram_size - 1) * config.engram.n_head_per_ngram
             gathered = (config.engram.max_ngram_size - 1) * config.engram.n_embed_per_ngram
             self.engram_rows = np.zeros((rows, R), dtype=np.int64)
             self.embedded = f32(rows, gathered)
             self.engram_scratch = (f32(rows, D), f32(rows, D), f32(rows, D))  # key, query, value
-            inputs.append(gathered)
-        self.widened = f32(4, max(inputs))  # matmul_into's block of four widened weight rows
 
         self._views: dict[int, SimpleNamespace] = {}
         self.no_keys = f32(0, config.latent_dim)
         self.no_positions = np.zeros(0, dtype=np.int64)
 
     ROW_BUFFERS = ("ids", "positions", "h", "x", "delta", "final", "joined", "q_low", "q", "entries", "attn",
-                   "router_logits", "indices", "weights", "row_weights", "ones", "logits")
+                   "router_logits", "indices", "weights", "row_weights", "picked", "picked_rows", "ones", "logits")
 
     def views(self, T: int) -> SimpleNamespace:
         """Return the first T rows of every per-row buffer, as views made once per T."""
@@ -189,8 +187,10 @@ class RunState:
         return views
 
     def scores_for(self, keys: int) -> np.ndarray:
-        if self.scores.size < keys:
-            self.scores = np.zeros(max(keys, 2 * self.scores.size), dtype=np.float32)
+        """Return the scores buffer, grown to hold every query row's scores over `keys` keys."""
+        needed = self.queries.shape[0] * keys
+        if self.scores.size < needed:
+            self.scores = np.zeros(max(needed, 2 * self.scores.size), dtype=np.float32)
         return self.scores
 
 
@@ -278,7 +278,7 @@ class NumbaForward(NumpyForward):
             self._layer(layer, self.state, v, cos, sin, caches[i])
             if observe is not None and layer.routed:
                 observe(i, LayerOutput(v.indices, v.weights))
-        final_logits(v.h, self.norm, self.eps, self.head, v.final, v.logits, self.state.widened)
+        final_logits(v.h, self.norm, self.eps, self.head, v.final, v.logits)
         return v.final, v.logits
 
     def mtp(self, hidden, next_ids, positions, cache, absorbed: bool = True):
@@ -289,12 +289,11 @@ class NumbaForward(NumpyForward):
         v.positions[:] = positions
         np.take(m.embed, next_ids, axis=0, out=v.x, mode="clip")
         embed_norm, hidden_norm, head_norm = self.mtp_norms
-        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.eps, self.eh_proj, v.joined, v.h, self.mtp_state.widened)
+        mtp_input(v.x, hidden, embed_norm, hidden_norm, self.eps, self.eh_proj, v.joined, v.h)
         cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
         self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
         last = slice(T - 1, T)  # only the last row's draft is used: the others' LM head would be wasted work
-        final_logits(v.h[last], head_norm, self.eps, self.mtp_head, v.final[last], v.logits[last],
-                     self.mtp_state.widened)
+        final_logits(v.h[last], head_norm, self.eps, self.mtp_head, v.final[last], v.logits[last])
         return v.h, v.logits[last]
 
     def _engram(self, index: int, v: SimpleNamespace, state) -> None:
@@ -303,30 +302,28 @@ class NumbaForward(NumpyForward):
         distinct = engram_lookup(state.ids, v.positions, *fast.lookup, v.engram_rows, v.embedded)
         if state.on_gather is not None:
             state.on_gather(v.engram_rows.size, distinct, distinct * fast.row_bytes)
-        engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch,
-                   self.state.widened)
+        engram_add(v.h, v.embedded, v.positions, *fast.weights, state.history[index], *v.engram_scratch)
 
     def _layer(self, w: FastLayer, s: RunState, v: SimpleNamespace, cos: np.ndarray, sin: np.ndarray, cache) -> None:
         """Run one decoder layer on the rows of v.h, in place."""
-        mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries,
-                    s.widened)
+        mla_project(v.h, *w.project, cos, sin, v.positions, *self.project_constants, v.x, v.q_low, v.q, v.entries)
         blocks = cache.append(v.entries)
         keys_a, positions_a = blocks[0]
         keys_b, positions_b = blocks[1] if len(blocks) > 1 else (s.no_keys, s.no_positions)
         scores = s.scores_for(keys_a.shape[0] + keys_b.shape[0])
         mla_finish(v.h, v.q, v.positions, *w.attend, keys_a, positions_a, keys_b, positions_b, self.scale,
-                   w.post_norm, self.eps, s.query, s.mixed, scores, v.attn, v.delta, v.x, s.widened)
+                   w.post_norm, self.eps, s.queries, s.mixed, s.peaks, s.totals, scores, v.attn, v.delta, v.x)
         if w.dense is not None:  # the dense FFN, or the shared experts of a MoE layer: every row weighs 1
             gate, up = v.ffn[w.dense[0].shape[0]]  # scratch as wide as this FFN's hidden layer
-            swiglu_add(v.x, *w.dense, v.ones, gate, up, v.delta, v.h, s.widened)
+            swiglu_add(v.x, *w.dense, v.ones, gate, up, v.delta, v.h)
         if not w.routed:
             return
         route_into(v.x, w.ffn.gate, w.bias, w.routing, v.router_logits, s.choice, s.group_scores, v.indices,
-                   v.weights, s.widened)
+                   v.weights)
         gate, up = v.ffn[self.config.moe_intermediate_size]
         for expert in _distinct(v.indices):
-            expert_add(v.x, *w.experts.get(expert), expert, v.indices, v.weights, v.row_weights, gate, up,
-                       v.delta, v.h, s.widened)
+            expert_add(v.x, *w.experts.get(expert), expert, v.indices, v.weights, v.picked, v.picked_rows,
+                       v.row_weights, gate, up, v.delta, v.h)
 
 
 class _Uncounted:

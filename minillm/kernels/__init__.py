@@ -5,6 +5,14 @@ only, not against the kernels it calls in other files, so after an edit to linea
 copy of it could live on inside the cached layer kernels. The cache therefore goes into a folder
 named after a hash of every kernel source file: `$MINILLM_CACHE_DIR/kernels-<hash>` (default
 ~/.cache/minillm). Setting NUMBA_CACHE_DIR overrides this.
+
+Importing this package also fixes LLVM's loop-vectoriser unroll count at 2 for the process. A
+vectorised float32 sum keeps (vector width x unroll) partial sums and adds them up at the end, so
+the unroll count decides the rounding. LLVM picks it per loop from register pressure: 4 for a
+sum over one input row, 2 for two rows side by side (matmul_into), which made a verified row's
+logits differ from a decoded row's in the last bits. With one fixed count both sum alike, and
+speculative greedy output stays equal to plain greedy output. NOTE: the setting applies to every
+loop that Numba compiles in this process, minillm's or not.
 """
 
 from __future__ import annotations
@@ -14,9 +22,12 @@ import os
 import shutil
 from pathlib import Path
 
+import llvmlite.binding as llvm
 import numba
 
 from minillm.memory.tiers import default_cache_dir
+
+VECTOR_UNROLL = 2  # partial sums per vector lane in every vectorised loop; see the docstring
 
 
 def cache_folder_name() -> str:
@@ -38,5 +49,6 @@ def remove_cache_folders(cache_dir: Path) -> int:
     return len(folders)
 
 
+llvm.set_option("minillm", f"-force-vector-interleave={VECTOR_UNROLL}")
 if not os.environ.get("NUMBA_CACHE_DIR"):
     numba.config.CACHE_DIR = str(default_cache_dir() / cache_folder_name())

@@ -57,21 +57,21 @@ def engram_lookup(ids, positions, compressed_ids, pad, multipliers, sizes, offse
 
 @njit(cache=True, fastmath=FAST_MATH)
 def engram_add(h, embedded, positions, key_proj, key_bias, key_norm, query_norm, value_proj, value_bias,
-               conv, conv_norm, ngram, eps, conv_eps, gate_floor, history, key, query, value,
-               widened):  # pragma: no cover - compiled
+               conv, conv_norm, ngram, eps, conv_eps, gate_floor, history, key, query,
+               value):  # pragma: no cover - compiled
     """h += Engram's output for rows h (T, D); writes conv_norm(v) of these positions into history.
 
     conv (D, K): tap K-1 reads the current position, tap j the one (K-1-j) * ngram earlier.
-    Scratch: key, query, value (T, D) and widened (4, E) for matmul_into."""
+    Scratch: key, query, value (T, D)."""
     T, D = h.shape
     taps = conv.shape[1]
-    matmul_into(embedded, key_proj, key, widened)
+    matmul_into(embedded, key_proj, key)
     for t in range(T):
         for d in range(D):
             key[t, d] += key_bias[d]
     rms_norm_into(key, key_norm, eps, key)
     rms_norm_into(h, query_norm, eps, query)
-    matmul_into(embedded, value_proj, value, widened)
+    matmul_into(embedded, value_proj, value)
     for t in range(T):
         score = np.float32(0.0)
         for d in range(D):

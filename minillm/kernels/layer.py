@@ -20,19 +20,19 @@ from minillm.kernels.norm import rms_norm_into, rope_into
 
 @njit(cache=True, fastmath=FAST_MATH)
 def mla_project(h, input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, cos, sin, positions, eps, latent_eps,
-                heads, nope, x, q_low, q, entries, widened):  # pragma: no cover - compiled
+                heads, nope, x, q_low, q, entries):  # pragma: no cover - compiled
     """h (T, D) -> x = norm(h), q (T, H * (N + R)) and entries (T, C + R), RoPE applied.
 
     Without a query LoRA (q_lora_rank null), q_a is the full query projection and q_b is empty."""
     rms_norm_into(h, input_norm, eps, x)
     if q_b.shape[0] == 0:
-        matmul_into(x, q_a, q, widened)
+        matmul_into(x, q_a, q)
     else:
-        matmul_into(x, q_a, q_low, widened)
+        matmul_into(x, q_a, q_low)
         rms_norm_into(q_low, q_a_norm, latent_eps, q_low)
-        matmul_into(q_low, q_b, q, widened)
+        matmul_into(q_low, q_b, q)
     rope_into(q, heads, q.shape[1] // heads, nope, cos, sin, positions)
-    matmul_into(x, kv_a, entries, widened)
+    matmul_into(x, kv_a, entries)
     C = kv_a_norm.shape[0]
     latent = entries[:, :C]
     rms_norm_into(latent, kv_a_norm, latent_eps, latent)
@@ -41,11 +41,11 @@ def mla_project(h, input_norm, q_a, q_a_norm, q_b, kv_a, kv_a_norm, cos, sin, po
 
 @njit(cache=True, fastmath=FAST_MATH)
 def mla_finish(h, q, positions, w_uk, w_uv, o, keys_a, positions_a, keys_b, positions_b, scale, post_norm, eps,
-               query, mixed, scores, attn, delta, x, widened):  # pragma: no cover - compiled
+               queries, mixed, peaks, totals, scores, attn, delta, x):  # pragma: no cover - compiled
     """Attend over the key blocks, h += o(attention), then x = post_norm(h) for the FFN."""
     absorbed_attention(q, positions, w_uk, w_uv, keys_a, positions_a, keys_b, positions_b, scale,
-                       query, mixed, scores, attn)
-    matmul_into(attn, o, delta, widened)
+                       queries, mixed, peaks, totals, scores, attn)
+    matmul_into(attn, o, delta)
     for t in range(h.shape[0]):
         for i in range(h.shape[1]):
             h[t, i] += delta[t, i]
@@ -53,18 +53,18 @@ def mla_finish(h, q, positions, w_uk, w_uv, o, keys_a, positions_a, keys_b, posi
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def final_logits(h, norm, eps, head, final, logits, widened):  # pragma: no cover - compiled
+def final_logits(h, norm, eps, head, final, logits):  # pragma: no cover - compiled
     """final = norm(h) (T, D) and logits = final @ head.T (T, V)."""
     rms_norm_into(h, norm, eps, final)
-    matmul_into(final, head, logits, widened)
+    matmul_into(final, head, logits)
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def mtp_input(embedded, hidden, embed_norm, hidden_norm, eps, eh_proj, joined, h, widened):  # pragma: no cover
+def mtp_input(embedded, hidden, embed_norm, hidden_norm, eps, eh_proj, joined, h):  # pragma: no cover
     """h = eh_proj([embed_norm(embedded) ; hidden_norm(hidden)]), for the MTP module.
 
     hidden may be a view of h: both norms are taken before h is written."""
     D = embedded.shape[1]
     rms_norm_into(embedded, embed_norm, eps, joined[:, :D])
     rms_norm_into(hidden, hidden_norm, eps, joined[:, D:])
-    matmul_into(joined, eh_proj, h, widened)
+    matmul_into(joined, eh_proj, h)

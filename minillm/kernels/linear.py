@@ -2,7 +2,7 @@
 
 OpenBLAS's GEMM costs about 4.5x a GEMV for two rows of a 4096 x 256 matrix (224 us against 50 us,
 one thread, numpy 2.4, 2-core x86-64), so verifying one MTP draft would cost more than decoding
-two tokens one by one. `matmul_into` walks each weight row once for all input rows.
+two tokens one by one. `matmul_into` walks each weight row once per pair of input rows.
 
 Weights come as float32 or as BF16 bit patterns (uint16). A decode step is bound by how fast the
 weights stream from cache or memory, so reading BF16 halves its main cost; each value widens to
@@ -55,8 +55,8 @@ def _widen_any(value):  # pragma: no cover - compiled
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def _four_outputs(x, t, w, row, out, o):  # pragma: no cover - compiled
-    """out[t, o:o+4] = x[t] @ w[row:row+4].T: four weight rows stream at once, and each x value
+def _four_outputs(x, t, w, row, out):  # pragma: no cover - compiled
+    """out[t, row:row+4] = x[t] @ w[row:row+4].T: four weight rows stream at once, and each x value
     loads once for all four."""
     a0 = np.float32(0.0)
     a1 = np.float32(0.0)
@@ -68,22 +68,62 @@ def _four_outputs(x, t, w, row, out, o):  # pragma: no cover - compiled
         a1 += widen(w[row + 1, i]) * xi
         a2 += widen(w[row + 2, i]) * xi
         a3 += widen(w[row + 3, i]) * xi
-    out[t, o] = a0
-    out[t, o + 1] = a1
-    out[t, o + 2] = a2
-    out[t, o + 3] = a3
+    out[t, row] = a0
+    out[t, row + 1] = a1
+    out[t, row + 2] = a2
+    out[t, row + 3] = a3
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def matmul_into(x, w, out, widened):  # pragma: no cover - compiled
+def _four_outputs_two_rows(x, t, w, row, out):  # pragma: no cover - compiled
+    """_four_outputs for rows t and t + 1 of x at once: each weight loads and widens once for both.
+    Each row keeps its own four sums, which run exactly as in _four_outputs (see matmul_into)."""
+    a0 = np.float32(0.0)
+    a1 = np.float32(0.0)
+    a2 = np.float32(0.0)
+    a3 = np.float32(0.0)
+    b0 = np.float32(0.0)
+    b1 = np.float32(0.0)
+    b2 = np.float32(0.0)
+    b3 = np.float32(0.0)
+    for i in range(x.shape[1]):
+        xi = x[t, i]
+        yi = x[t + 1, i]
+        w0 = widen(w[row, i])
+        w1 = widen(w[row + 1, i])
+        w2 = widen(w[row + 2, i])
+        w3 = widen(w[row + 3, i])
+        a0 += w0 * xi
+        a1 += w1 * xi
+        a2 += w2 * xi
+        a3 += w3 * xi
+        b0 += w0 * yi
+        b1 += w1 * yi
+        b2 += w2 * yi
+        b3 += w3 * yi
+    out[t, row] = a0
+    out[t, row + 1] = a1
+    out[t, row + 2] = a2
+    out[t, row + 3] = a3
+    out[t + 1, row] = b0
+    out[t + 1, row + 1] = b1
+    out[t + 1, row + 2] = b2
+    out[t + 1, row + 3] = b3
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def matmul_into(x, w, out):  # pragma: no cover - compiled
     """out (T, m) = x (T, n) @ w (m, n).T, w float32 or BF16 bits, on the calling thread.
 
-    Weight rows go four at a time, so that four independent sums hide each other's latency. With
-    one input row the weights widen as they stream. With more, each block of four rows is widened
-    once into `widened` (at least (4, n) float32, in L1 cache) and every input row reads it there.
-    For a 4096 x 256 matrix that cut 2 rows' time by 13% and 3 rows' by 18%. Each row's sum runs the same code over the same
-    float32 values either way, so a row's result does not depend on the rows beside it. Verifying
-    drafts thus gives bit for bit the logits of decoding one token at a time, and speculative greedy
+    Weight rows go four at a time, so that four independent sums hide each other's latency, and
+    input rows two at a time, so that verifying a draft reads each weight once for two rows. For a
+    4096 x 256 BF16 matrix, 2 rows cost 1.3x one row this way, against 1.8x when each row read
+    the weights by itself (tools/bench_speculative.py shows what that does to MTP).
+
+    A row's result does not depend on the rows beside it, bit for bit: a pair's sums run in the
+    same order as a single row's, because the loop vectoriser splits every sum into the same
+    lanes. That holds because minillm.kernels fixes the vectoriser's unroll count (see there).
+    Verifying drafts thus gives the logits of decoding one token at a time, and speculative greedy
     output equals plain greedy output (tests/test_kernels.py and tests/test_numba_forward.py check
     both). Splitting the rows over threads made decoding slower on a 2-core machine (1,160 against
     1,363 tokens/s with only the LM head split): at this model size, waking a thread costs about
@@ -92,14 +132,10 @@ def matmul_into(x, w, out, widened):  # pragma: no cover - compiled
     m = w.shape[0]
     full = m - m % 4
     for o in range(0, full, 4):
-        if rows == 1:
-            _four_outputs(x, 0, w, o, out, o)
-            continue
-        for k in range(4):
-            for i in range(n):
-                widened[k, i] = widen(w[o + k, i])
-        for t in range(rows):
-            _four_outputs(x, t, widened, 0, out, o)
+        for t in range(0, rows - 1, 2):
+            _four_outputs_two_rows(x, t, w, o, out)
+        if rows % 2:
+            _four_outputs(x, rows - 1, w, o, out)
     for o in range(full, m):
         for t in range(rows):
             acc = np.float32(0.0)
@@ -115,7 +151,7 @@ def linear_rows(x: np.ndarray, w: np.ndarray) -> np.ndarray:
         raise ValueError(f"linear_rows needs float32 (T, n) and float32 or uint16 (m, n), got {x.dtype}{x.shape}, "
                          f"{w.dtype}{w.shape}")
     out = np.empty((x.shape[0], w.shape[0]), dtype=np.float32)
-    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(w), out, np.empty((4, w.shape[1]), dtype=np.float32))
+    matmul_into(np.ascontiguousarray(x), np.ascontiguousarray(w), out)
     return out
 
 

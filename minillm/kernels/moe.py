@@ -3,9 +3,9 @@
 `route_into` follows `minillm.model.moe.route` step by step: router logits, sigmoid or softmax
 scores, the correction bias for choosing (noaux_tc), the group limit (the topk_group groups with
 the best group scores stay), top-K, then the chosen scores renormalised and scaled.
-`swiglu_add` adds weight * down(silu(gate x) * up x) to the residual stream, reading each
-weight matrix once for all rows (a row routed elsewhere gets weight 0). NumPy twins: `route` and
-`swiglu` (tests/test_kernels.py).
+`swiglu_add` adds weight * down(silu(gate x) * up x) to the residual stream for every row (the
+dense FFN and the shared experts); `expert_add` does it for the rows routed to one expert only.
+NumPy twins: `route` and `swiglu` (tests/test_kernels.py).
 Shape legend: T rows, D model width, E routed experts, G groups, K experts per token, F FFN width.
 """
 
@@ -50,17 +50,16 @@ class Routing(NamedTuple):
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def route_into(x, gate, bias, routing, logits, choice, group_scores, indices, weights,
-               widened):  # pragma: no cover - compiled
+def route_into(x, gate, bias, routing, logits, choice, group_scores, indices, weights):  # pragma: no cover
     """Route x (T, D) with router gate (E, D): indices (T, K) int64 and weights (T, K) float32.
 
     bias (E,) is used when routing.correction is true (else it may be empty).
-    Scratch: logits (T, E), choice (E,), group_scores (G,), widened (4, D)."""
+    Scratch: logits (T, E), choice (E,), group_scores (G,)."""
     sigmoid, correction, groups, topk_group, sum_top2, normalize, scaling = routing
     T = x.shape[0]
     E = gate.shape[0]
     K = indices.shape[1]
-    matmul_into(x, gate, logits, widened)
+    matmul_into(x, gate, logits)
     for t in range(T):
         if sigmoid:
             for e in range(E):
@@ -109,31 +108,47 @@ def route_into(x, gate, bias, routing, logits, choice, group_scores, indices, we
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h, widened):  # pragma: no cover
-    """h[t] += row_weights[t] * down(silu(gate x[t]) * up x[t]) for every row t of x (T, D).
-
-    w_gate, w_up (F, D); w_down (D, F), float32 or BF16 bits; row_weights (T,).
-    Scratch: gate, up (T, F), out (T, D) and widened (4, max(D, F)) for matmul_into."""
-    matmul_into(x, w_gate, gate, widened)
-    matmul_into(x, w_up, up, widened)
+def _swiglu_into(x, w_gate, w_up, w_down, gate, up, out):  # pragma: no cover - compiled
+    """Compute out = down(silu(gate x) * up x) for the rows of x (T, D), with scratch gate, up (T, F)."""
+    matmul_into(x, w_gate, gate)
+    matmul_into(x, w_up, up)
     for t in range(x.shape[0]):
         for f in range(gate.shape[1]):
             g = gate[t, f]
             gate[t, f] = g / (np.float32(1.0) + np.exp(-g)) * up[t, f]
-    matmul_into(gate, w_down, out, widened)
+    matmul_into(gate, w_down, out)
+
+
+@njit(cache=True, fastmath=FAST_MATH)
+def swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h):  # pragma: no cover - compiled
+    """h[t] += row_weights[t] * down(silu(gate x[t]) * up x[t]) for every row t of x (T, D).
+
+    w_gate, w_up (F, D); w_down (D, F), float32 or BF16 bits; row_weights (T,).
+    Scratch: gate, up (T, F) and out (T, D)."""
+    _swiglu_into(x, w_gate, w_up, w_down, gate, up, out)
     for t in range(x.shape[0]):
         for d in range(h.shape[1]):
             h[t, d] += row_weights[t] * out[t, d]
 
 
 @njit(cache=True, fastmath=FAST_MATH)
-def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, row_weights, gate, up, out, h,
-               widened):  # pragma: no cover - compiled
-    """swiglu_add for one routed expert: each row's weight is its routing weight for `expert`
-    (indices, weights (T, K) from route_into), 0 for rows routed elsewhere."""
+def expert_add(x, w_gate, w_up, w_down, expert, indices, weights, picked, rows, row_weights, gate, up, out,
+               h):  # pragma: no cover - compiled
+    """h[t] += w * expert(x[t]) for each row t routed to `expert` with weight w (indices, weights
+    (T, K) from route_into). Rows routed elsewhere skip the expert.
+
+    Scratch: picked (T, D) gathers the routed rows. rows (T,) int64 and row_weights (T,) keep
+    their indices and weights. gate, up (T, F) and out (T, D) are as for swiglu_add."""
+    n = 0
     for t in range(indices.shape[0]):
-        row_weights[t] = 0.0
         for k in range(indices.shape[1]):
             if indices[t, k] == expert:
-                row_weights[t] = weights[t, k]
-    swiglu_add(x, w_gate, w_up, w_down, row_weights, gate, up, out, h, widened)
+                picked[n] = x[t]
+                rows[n] = t
+                row_weights[n] = weights[t, k]
+                n += 1
+    _swiglu_into(picked[:n], w_gate, w_up, w_down, gate[:n], up[:n], out[:n])
+    for j in range(n):
+        t = rows[j]
+        for d in range(h.shape[1]):
+            h[t, d] += row_weights[j] * out[j, d]
