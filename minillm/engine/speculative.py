@@ -61,17 +61,22 @@ class SpeculativeDecoder:
         probs = self.sampler.distribution(logits, np.empty(logits.size))  # kept until verification
         return self.sampler.draw(probs), probs
 
-    def _draft(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache: LatentCache,
-               count: int) -> tuple[list[int], list[np.ndarray | None]]:
-        """Run the MTP module over the new positions, then chain it for `count` drafts."""
+    def _extend(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray,
+                cache: LatentCache) -> tuple[np.ndarray, np.ndarray]:
+        """Run the MTP module over new positions, filling its cache; return its last call's output."""
         # a long prompt goes through in chunks on the naive path, as the main model's prefill does
         chunk = PREFILL_CHUNK_TOKENS
         tail = (positions.size - 1) // chunk * chunk  # start of the last chunk
         for lo in range(0, tail, chunk):
             self.forward.mtp(hidden[lo : lo + chunk], next_ids[lo : lo + chunk], positions[lo : lo + chunk], cache,
                              absorbed=False)
-        y, logits = self.forward.mtp(hidden[tail:], next_ids[tail:], positions[tail:], cache,
-                                     absorbed=positions.size - tail <= 4)
+        return self.forward.mtp(hidden[tail:], next_ids[tail:], positions[tail:], cache,
+                                absorbed=positions.size - tail <= 4)
+
+    def _draft(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache: LatentCache,
+               count: int) -> tuple[list[int], list[np.ndarray | None]]:
+        """Run the MTP module over the new positions, then chain it for `count` drafts."""
+        y, logits = self._extend(hidden, next_ids, positions, cache)
         drafts, dists = [], []
         for j in range(count):
             token, dist = self._draw(logits[-1])
@@ -105,12 +110,18 @@ class SpeculativeDecoder:
         position, so its drafts see less context and may be accepted less often. Output is
         unchanged: every draft is verified by the main model."""
         token, _ = self._draw(prefill.logits)
+        mtp_cache = LatentCache(self.llm.config.latent_dim, capacity=ids.size - prefill.start + 64, start=prefill.start)
+        # The MTP module reads the prompt as part of prefill, as the main model does: every position
+        # whose next token is known. The last one waits for the token just drawn.
+        known = ids.size - 1 - prefill.start
+        if known > 0:
+            self._extend(prefill.hidden[:known], ids[prefill.start + 1 :], np.arange(prefill.start, ids.size - 1),
+                         mtp_cache)
         yield token
 
-        mtp_cache = LatentCache(self.llm.config.latent_dim, capacity=ids.size - prefill.start + 64, start=prefill.start)
-        mtp_hidden = prefill.hidden
-        mtp_next = np.append(ids[prefill.start + 1 :], token)
-        mtp_positions = np.arange(prefill.start, ids.size)
+        mtp_hidden = prefill.hidden[known:]
+        mtp_next = np.array([token])
+        mtp_positions = np.array([ids.size - 1])
         while True:
             n = caches[0].length  # position of the pending token
             k = min(self.k, limit - n - 1)
