@@ -3,7 +3,9 @@
 Prompts are passages of the held-out validation books. Every prompt is decoded greedily with
 speculative "none" and with MTP at k = 1, 2, 3 draft tokens, the cases interleaved per prompt so
 machine noise hits them alike. Reports decode tokens/s, speedup, acceptance rate and tokens per
-forward pass.
+forward pass, then what one step costs: a verification step of k + 1 rows and a draft step,
+each against a plain decode step, timed in the same run. From those it derives the ceiling: the
+speedup MTP would give if every draft were accepted.
 
 Usage: python tools/bench_speculative.py [--model DIR] [--text FILE ...] [--prompts 8] [-n 128]
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections import defaultdict
 import platform
 import sys
 import time
@@ -39,6 +42,53 @@ def passages(model, texts: list[str], count: int, length: int, seed: int) -> lis
     return prompts
 
 
+class StepTimer:
+    """Wall time of every decode and draft call of a model's forward, by kind and row count."""
+
+    def __init__(self, forward):
+        self.seconds: dict[tuple[str, int], list[float]] = defaultdict(list)
+        decode, mtp = forward.decode, forward.mtp
+
+        def timed_decode(tokens, start, caches, engram=None):
+            began = time.perf_counter()
+            result = decode(tokens, start, caches, engram)
+            self.seconds["verify", len(tokens)].append(time.perf_counter() - began)
+            return result
+
+        def timed_mtp(hidden, next_ids, positions, cache, absorbed=True):
+            began = time.perf_counter()
+            result = mtp(hidden, next_ids, positions, cache, absorbed)
+            if absorbed:  # not the prompt's pass during prefill
+                self.seconds["draft", next_ids.size].append(time.perf_counter() - began)
+            return result
+
+        forward.decode, forward.mtp = timed_decode, timed_mtp
+
+    def cost(self, kind: str, rows: int) -> float | None:
+        """Median time of one call, relative to a plain one-row decode step."""
+        times = self.seconds.get((kind, rows))
+        return float(np.median(times) / np.median(self.seconds["verify", 1])) if times else None
+
+
+def report_step_costs(timer: StepTimer, largest_k: int) -> dict:
+    """Print and return the step costs and, per k, the speedup if every draft were accepted."""
+    costs = {f"{kind}_{rows}_rows": timer.cost(kind, rows) for kind in ("verify", "draft")
+             for rows in range(1, largest_k + 2) if timer.cost(kind, rows) is not None}
+    print("step cost against a plain decode step (median):")
+    for kind in ("verify", "draft"):
+        print(f"  {kind:6s} " + ", ".join(f"{rows} row{'s' if rows > 1 else ''} {timer.cost(kind, rows):.2f}x"
+                                         for rows in range(1, largest_k + 2) if timer.cost(kind, rows) is not None))
+    ceilings = {}
+    for k in range(1, largest_k + 1):
+        # every draft accepted: verify k + 1 rows, the MTP module reads those k + 1 positions,
+        # and chains k - 1 more single-row drafts
+        parts = [timer.cost("verify", k + 1), timer.cost("draft", k + 1), timer.cost("draft", 1)]
+        if None not in parts:
+            ceilings[k] = (k + 1) / (parts[0] + parts[1] + (k - 1) * parts[2])
+            print(f"mtp k={k}: with every draft accepted, at most {ceilings[k]:.2f}x")
+    return {"step_costs": costs, "ceilings": ceilings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=minillm.DEFAULT_MODEL_DIR)
@@ -53,6 +103,7 @@ def main() -> None:
     prompts = passages(model, [p.read_text(encoding="utf-8") for p in args.text], args.prompts,
                        args.prompt_tokens, seed=0)
     list(model.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
+    timer = StepTimer(model.forward)
     totals = {case: {"tokens": 0, "seconds": 0.0, "drafts": 0, "accepted": 0, "forwards": 0} for case in CASES}
     for prompt in prompts:
         outputs = {}
@@ -83,10 +134,11 @@ def main() -> None:
         acceptance = f"{rows[-1]['acceptance_rate']:.3f}" if t["drafts"] else "-"
         print(f"{label:9s} {speed:8.1f} tokens/s  {speed / base:5.2f}x  acceptance {acceptance}  "
               f"tokens/forward {rows[-1]['tokens_per_forward']:.2f}", flush=True)
+    steps = report_step_costs(timer, max(k for _, k in CASES))
     if args.json:
         args.json.write_text(json.dumps({"machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
-                                         "prompts": args.prompts, "new_tokens": args.new_tokens, "rows": rows},
-                                        indent=2))
+                                         "prompts": args.prompts, "new_tokens": args.new_tokens, "rows": rows,
+                                         **steps}, indent=2))
 
 
 if __name__ == "__main__":
