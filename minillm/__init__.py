@@ -30,7 +30,7 @@ DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "minill
 def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: str | int | None = None,
          ssd: str | int | None = None, cache_dir: str | Path | None = None, page_tokens: int = 64,
          prefix_cache: bool = True, hbm_kv: str | int | None = None, backend: str = "numba",
-         threads: int | None = None) -> LLM:
+         threads: int | None = None, draft_vocab: int | None = None) -> LLM:
     """Load a checkpoint directory (config.json, safetensors, tokenizer.json); None loads the
     default model shipped in weights/.
 
@@ -41,6 +41,8 @@ def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: 
     or more when the experts need less).
     backend: "numba" (default) runs decode steps on compiled kernels; "numpy" runs the plain NumPy
     reference throughout. threads: BLAS threads for prefill (default: the CPUs this process may use).
+    draft_vocab: how many of the lowest token ids the MTP draft head scores (default: a quarter of
+    the vocabulary; the vocabulary size scores every token).
     """
     path = Path(path) if path is not None else DEFAULT_MODEL_DIR
     if path.exists() and not path.is_dir():
@@ -50,4 +52,4 @@ def load(path: str | Path | None = None, *, hbm: str | int | None = None, dram: 
         raise ConfigError(f"model directory not found: {path}{hint}")
     memory = MemoryConfig.from_strings(hbm, dram, ssd, hbm_kv, cache_dir=Path(cache_dir) if cache_dir else None,
                                        page_tokens=page_tokens, prefix_cache=prefix_cache)
-    return LLM.from_directory(path, memory, backend, threads)
+    return LLM.from_directory(path, memory, backend, threads, draft_vocab)

@@ -70,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default auto: mtp when the checkpoint has MTP weights)")
     gen.add_argument("--draft-tokens", type=_positive_int, default=1,
                      help="MTP draft tokens per verification step (default 1)")
+    gen.add_argument("--draft-vocab", type=_positive_int, default=None, metavar="N",
+                     help="score only the N lowest token ids in the MTP draft head (default: a quarter of the "
+                          "vocabulary; pass the vocabulary size to score all)")
     gen.add_argument("--stats", action="store_true",
                      help="print timing, token counts and the memory tiers as one JSON object on the last line of stderr")
     gen.add_argument("--stats-every", type=_count, default=0, metavar="N",
@@ -131,7 +134,8 @@ def _add_memory_flags(parser: argparse.ArgumentParser) -> None:
 def _load(args: argparse.Namespace) -> minillm.LLM:
     return minillm.load(args.model, hbm=args.hbm, dram=args.dram, ssd=args.ssd, cache_dir=args.cache_dir,
                         page_tokens=args.page_tokens, prefix_cache=not args.no_prefix_cache, hbm_kv=args.hbm_kv,
-                        backend=getattr(args, "backend", "numba"), threads=getattr(args, "threads", None))
+                        backend=getattr(args, "backend", "numba"), threads=getattr(args, "threads", None),
+                        draft_vocab=getattr(args, "draft_vocab", None))
 
 
 def final_stats(model: minillm.LLM) -> dict:

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,6 +117,8 @@ def test_cli_generate_with_stats(tiny_model_dir):
     (["--top-p", "2"], "invalid top_p 2.0"),
     (["--temperature", "-1"], "invalid temperature -1.0"),
     (["--seed", "-1"], "invalid seed -1"),
+    (["--model", str(Path(__file__).parent.parent / "weights" / "minillm-tiny"), "--draft-vocab", "99999"],
+     "invalid draft vocabulary 99999: use 1 to 4096 token ids"),
 ])
 def test_cli_errors_are_one_line(tiny_model_dir, args, message):
     base = ["generate", "--prompt", "hi"] + ([] if "--model" in args else ["--model", str(tiny_model_dir)])

@@ -85,6 +85,24 @@ def test_verify_rows_equal_single_steps(pair):
     np.testing.assert_array_equal(together, singles)
 
 
+def test_draft_logits_close_over_draft_vocabulary(pair):
+    """The MTP step's draft logits: close on the draft vocabulary, -inf past it, on both backends."""
+    drafts = {}
+    for backend, model in pair.items():
+        ids = model.tokenizer.encode(PROMPTS[2])
+        caches, engram = model.new_caches(), model.new_engram_state()
+        model.step(np.asarray(ids[:-1]), caches, absorbed=False, engram=engram)
+        hidden, _ = model.forward.decode(ids[-1:], len(ids) - 1, caches, engram)
+        cache = model.new_caches(capacity=8)[0]
+        _, logits = model.forward.mtp(hidden, np.array([ids[-1]]), np.array([len(ids) - 1]), cache)
+        drafts[backend] = logits.copy()
+    vocab = pair["numba"].mtp.draft_vocab
+    assert vocab == pair["numba"].config.vocab_size // 4
+    assert np.all(drafts["numba"][:, vocab:] == -np.inf)
+    assert np.all(drafts["numpy"][:, vocab:] == -np.inf)
+    assert np.abs(drafts["numba"][:, :vocab] - drafts["numpy"][:, :vocab]).max() <= TOLERANCE
+
+
 @pytest.mark.parametrize("directory", FIXTURES + [ENGRAM_FIXTURE], ids=lambda p: p.name)
 def test_fixture_checkpoints_agree(directory):
     """Every architecture variant the fixtures cover: softmax and sigmoid routers, no query LoRA,

@@ -95,6 +95,34 @@ def test_caches_rolled_back_after_rejection(mtp_model, monkeypatch):
     assert kv_caches[0].lengths == [len(prompt) + len(expected) - 1] * MTP_CONFIG["num_hidden_layers"]
 
 
+@pytest.mark.parametrize("backend", ["numba", "numpy"])
+def test_drafts_come_from_draft_vocabulary(mtp_model, backend):
+    """With draft_vocab N every draft is a token id below N, and output stays plain greedy."""
+    directory = mtp_model.path
+    model = minillm.load(directory, backend=backend, draft_vocab=5)
+    drafts = []
+    original = model.forward.mtp
+
+    def recording(*args, **kwargs):
+        y, logits = original(*args, **kwargs)
+        drafts.append(int(np.argmax(logits[-1])))
+        return y, logits
+
+    model.forward.mtp = recording
+    prompt = [0, 17, 40, 2, 99]
+    got = list(model.generate_ids(prompt, max_new_tokens=20, temperature=0, stop_at_eos=False, speculative="mtp"))
+    assert got == plain_greedy(model, prompt, 20)
+    assert drafts
+    assert max(drafts) < 5
+    model.close()
+
+
+@pytest.mark.parametrize("draft_vocab", [0, MTP_CONFIG["vocab_size"] + 1, 2.5])
+def test_invalid_draft_vocabulary_rejected(mtp_model, draft_vocab):
+    with pytest.raises(GenerationError, match="invalid draft vocabulary"):
+        minillm.load(mtp_model.path, draft_vocab=draft_vocab)
+
+
 def test_speculative_mtp_needs_mtp_weights(tiny_model_dir):
     model = minillm.load(tiny_model_dir)
     assert model.resolve_speculative("auto") == "none"

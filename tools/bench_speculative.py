@@ -1,8 +1,9 @@
 """Benchmark MTP speculative decoding against plain decoding, side by side in one run.
 
 Prompts are passages of the held-out validation books. Every prompt is decoded greedily with
-speculative "none" and with MTP at k = 1, 2, 3 draft tokens, the cases interleaved per prompt so
-machine noise hits them alike. Reports decode tokens/s, speedup, acceptance rate and tokens per
+speculative "none" and with MTP at k = 1, 2, 3 draft tokens, and once more at k = 1 with a draft
+head that scores the whole vocabulary, the cases interleaved per prompt so machine noise hits
+them alike. Reports decode tokens/s, speedup, acceptance rate and tokens per
 forward pass, then what one step costs: a verification step of k + 1 rows and a draft step,
 each against a plain decode step, timed in the same run. From those it derives the ceiling: the
 speedup MTP would give if every draft were accepted.
@@ -28,7 +29,8 @@ import minillm  # noqa: E402
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared/corpus/gutenberg_children"
 HELD_OUT = [CORPUS / "pg00289_the_wind_in_the_willows.txt", CORPUS / "pg00778_five_children_and_it.txt"]
-CASES = [("none", 1), ("mtp", 1), ("mtp", 2), ("mtp", 3)]
+# (speculative, draft tokens, draft head): "short" scores the default draft vocabulary, "full" every token
+CASES = [("none", 1, "short"), ("mtp", 1, "short"), ("mtp", 2, "short"), ("mtp", 3, "short"), ("mtp", 1, "full")]
 
 
 def passages(model, texts: list[str], count: int, length: int, seed: int) -> list[list[int]]:
@@ -100,18 +102,21 @@ def main() -> None:
     args = parser.parse_args()
 
     model = minillm.load(args.model, prefix_cache=False)
+    models = {"short": model,
+              "full": minillm.load(args.model, prefix_cache=False, draft_vocab=model.config.vocab_size)}
     prompts = passages(model, [p.read_text(encoding="utf-8") for p in args.text], args.prompts,
                        args.prompt_tokens, seed=0)
-    list(model.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
+    for each in models.values():
+        list(each.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
     timer = StepTimer(model.forward)
     totals = {case: {"tokens": 0, "seconds": 0.0, "drafts": 0, "accepted": 0, "forwards": 0} for case in CASES}
     for prompt in prompts:
         outputs = {}
         for case in CASES:
-            mode, k = case
-            ids = list(model.generate_ids(prompt, max_new_tokens=args.new_tokens, temperature=0, stop_at_eos=False,
-                                          speculative=mode, draft_tokens=k))
-            stats = model.last_stats
+            mode, k, head = case
+            ids = list(models[head].generate_ids(prompt, max_new_tokens=args.new_tokens, temperature=0,
+                                                 stop_at_eos=False, speculative=mode, draft_tokens=k))
+            stats = models[head].last_stats
             outputs[case] = ids
             t = totals[case]
             t["tokens"] += stats.generated_tokens - 1
@@ -127,14 +132,16 @@ def main() -> None:
     for case, t in totals.items():
         speed = t["tokens"] / t["seconds"]
         rows.append({"speculative": case[0], "draft_tokens": case[1] if case[0] == "mtp" else 0,
+                     "draft_vocab": (model.mtp.draft_vocab if case[2] == "short" else model.config.vocab_size)
+                     if case[0] == "mtp" else None,
                      "decode_tokens_per_second": speed, "speedup": speed / base,
                      "acceptance_rate": t["accepted"] / t["drafts"] if t["drafts"] else None,
                      "tokens_per_forward": t["tokens"] / t["forwards"]})
-        label = "none" if case[0] == "none" else f"mtp k={case[1]}"
+        label = "none" if case[0] == "none" else f"mtp k={case[1]}" + (", full head" if case[2] == "full" else "")
         acceptance = f"{rows[-1]['acceptance_rate']:.3f}" if t["drafts"] else "-"
-        print(f"{label:9s} {speed:8.1f} tokens/s  {speed / base:5.2f}x  acceptance {acceptance}  "
+        print(f"{label:20s} {speed:8.1f} tokens/s  {speed / base:5.2f}x  acceptance {acceptance}  "
               f"tokens/forward {rows[-1]['tokens_per_forward']:.2f}", flush=True)
-    steps = report_step_costs(timer, max(k for _, k in CASES))
+    steps = report_step_costs(timer, max(k for _, k, _ in CASES))
     if args.json:
         args.json.write_text(json.dumps({"machine": platform.machine(), "date": time.strftime("%Y-%m-%d"),
                                          "prompts": args.prompts, "new_tokens": args.new_tokens, "rows": rows,

@@ -37,8 +37,9 @@ class NumpyForward:
     def mtp(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray, cache,
             absorbed: bool = True) -> tuple[np.ndarray, np.ndarray]:
         """Run the MTP module (see `MTP.forward`): its block output (T, D), and the draft logits
-        (1, V) of the last row, the only one a draft comes from."""
-        y, logits = self.mtp_module.forward(hidden, next_ids, positions, cache, absorbed)
+        (1, V) of the last row, the only one a draft comes from, over the draft vocabulary."""
+        y, logits = self.mtp_module.forward(hidden, next_ids, positions, cache, absorbed,
+                                            vocab=self.mtp_module.draft_vocab)
         return y, logits[-1:]
 
 

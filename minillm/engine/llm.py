@@ -91,7 +91,7 @@ class Prefill:
 class LLM:
     def __init__(self, config: ModelConfig, transformer: Transformer, tokenizer: Tokenizer | None, path: Path,
                  checkpoint: Checkpoint, expert_cache: ExpertCache, memory: MemoryConfig, backend: str = "numba",
-                 threads: int | None = None):
+                 threads: int | None = None, draft_vocab: int | None = None):
         self.config = config
         self.transformer = transformer
         self._tokenizer = tokenizer
@@ -101,7 +101,7 @@ class LLM:
         self.last_stats = GenerationStats()
         self.last_snapshot: dict = {}
         mtp = transformer.weights.mtp
-        self.mtp = MTP(config, mtp[0], transformer) if mtp else None
+        self.mtp = MTP(config, mtp[0], transformer, draft_vocab) if mtp else None
         # decode and verification steps: Numba kernels or the NumPy reference (minillm/engine/forward.py)
         self.forward = make_forward(backend, transformer, self.mtp, threads)
         self.threads = threads or default_threads()  # BLAS threads for prefill; decode runs on one
@@ -114,7 +114,7 @@ class LLM:
 
     @classmethod
     def from_directory(cls, path: str | Path, memory: MemoryConfig | None = None, backend: str = "numba",
-                       threads: int | None = None) -> LLM:
+                       threads: int | None = None, draft_vocab: int | None = None) -> LLM:
         path = Path(path)
         memory = memory or MemoryConfig()
         config = ModelConfig.from_file(path)
@@ -127,7 +127,7 @@ class LLM:
         log.info("loaded %s: %d layers, hidden %d, vocab %d", path, config.num_hidden_layers,
                  config.hidden_size, config.vocab_size)
         return cls(config, Transformer(config, weights), tokenizer, path, checkpoint, expert_cache, memory,
-                   backend, threads)
+                   backend, threads, draft_vocab)
 
     def set_memory(self, memory: MemoryConfig) -> None:
         """Apply new tier budgets (between generations): counters restart and experts stream in again."""

@@ -216,7 +216,10 @@ class NumbaForward(NumpyForward):
         if mtp is not None:
             self.mtp_layer = FastLayer.build(mtp.w.block, mtp.attention.w_uk, mtp.attention.w_uv)
             self.mtp_state = RunState(cfg, rows)
-            self.mtp_head = self.head if mtp.head is transformer.weights.lm_head else _matrix(mtp.head)
+            head = self.head if mtp.head is transformer.weights.lm_head else _matrix(mtp.head)
+            self.mtp_head = head[: mtp.draft_vocab]  # the draft vocabulary: the lowest ids (see model/mtp.py)
+            self.draft = np.full((1, cfg.vocab_size), -np.inf, dtype=np.float32)  # -inf past the draft vocabulary
+            self.draft_scores = self.draft[:, : mtp.draft_vocab]  # one row, so C-contiguous for the kernels
             self.mtp_norms = (_f32(mtp.w.embed_norm, 1), _f32(mtp.w.hidden_norm, 1), _f32(mtp.w.head_norm, 1))
             self.eh_proj = _matrix(mtp.w.eh_proj)
         self.eps = np.float32(cfg.rms_norm_eps)
@@ -293,8 +296,8 @@ class NumbaForward(NumpyForward):
         cos, sin = self.transformer.rotary.tables(int(positions[-1]) + 1)
         self._layer(self.mtp_layer, self.mtp_state, v, cos, sin, cache)
         last = slice(T - 1, T)  # only the last row's draft is used: the others' LM head would be wasted work
-        final_logits(v.h[last], head_norm, self.eps, self.mtp_head, v.final[last], v.logits[last])
-        return v.h, v.logits[last]
+        final_logits(v.h[last], head_norm, self.eps, self.mtp_head, v.final[last], self.draft_scores)
+        return v.h, self.draft
 
     def _engram(self, index: int, v: SimpleNamespace, state) -> None:
         """Add layer `index`'s Engram output to the rows of v.h; their tokens are recorded in `state`."""
