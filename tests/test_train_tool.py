@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from safetensors import safe_open  # noqa: E402
 from tokenizers import Tokenizer  # noqa: E402
 
 from tools import train as train_cli  # noqa: E402
+from tools import train_mtp  # noqa: E402
 from tools.corpus import read_books, split_books, strip_gutenberg_boilerplate  # noqa: E402
 from tools.export import export_model, load_checkpoint_model  # noqa: E402
 from tools.train_tokenizer import check_round_trip, save_tokenizer, train_tokenizer  # noqa: E402
@@ -238,3 +240,62 @@ def test_export_mtp_logits_match_transformers_mtp_model(trained_run):
         mtp_hidden = mtp.forward_layer(0, hidden, positions, None, input_ids=tokens[:, 1:41])
         theirs = mtp._project_to_logits(mtp_hidden)
     assert (ours["mtp_logits"] - theirs).abs().max().item() < 1e-4
+
+
+def run_train_mtp(model_dir: Path, corpus_dir: Path, out: Path, *extra: str) -> None:
+    train_mtp.main([
+        "--model", str(model_dir), "--corpus", str(corpus_dir), "--out", str(out), "--export", str(model_dir),
+        "--export-dtype", "float32", "--validation-books", "book_c.txt", "--seq-len", "32", "--batch-size", "8",
+        "--lr", "3e-3", "--warmup-steps", "2", "--eval-windows", "8", *extra,
+    ])
+
+
+def test_train_mtp_changes_only_mtp_tensors(trained_run, corpus_dir, tmp_path):
+    # Export into the input folder, the way the default model is updated.
+    shutil.copytree(trained_run / "hf", tmp_path / "model")
+    run_train_mtp(tmp_path / "model", corpus_dir, tmp_path / "run", "--steps", "5")
+
+    config = json.loads((trained_run / "hf" / "config.json").read_text())
+    mtp = f"model.layers.{config['num_hidden_layers']}."
+    # The MTP layer's embedding and head are copies of the frozen main-model tensors.
+    copies = {mtp + "embed_tokens.weight", mtp + "shared_head.head.weight"}
+    changed = []
+    with safe_open(trained_run / "hf" / "model.safetensors", framework="pt") as before, \
+            safe_open(tmp_path / "model" / "model.safetensors", framework="pt") as after:
+        assert set(before.keys()) == set(after.keys())
+        for name in before.keys():
+            equal = torch.equal(before.get_tensor(name), after.get_tensor(name))
+            if name.startswith(mtp) and name not in copies:
+                if not equal:
+                    changed.append(name)
+            else:
+                assert equal, name
+    assert mtp + "eh_proj.weight" in changed
+    assert mtp + "self_attn.q_a_proj.weight" in changed
+
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["steps"] == 5
+    assert 0.0 <= metrics["before"]["val_agreement"] <= 1.0
+    assert metrics["after"]["val_soft"] < metrics["before"]["val_soft"]
+
+
+def test_load_exported_model_matches_checkpoint(trained_run):
+    loaded = train_mtp.load_exported_model(trained_run / "hf").state_dict()
+    expected = load_checkpoint_model(trained_run / "run" / "checkpoint.pt").state_dict()
+    assert loaded.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert torch.equal(loaded[name], tensor), name
+
+
+def test_load_exported_model_rejects_untied_mtp_head(trained_run, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "untied"
+    folder.mkdir()
+    (folder / "config.json").write_text((trained_run / "hf" / "config.json").read_text())
+    tensors = load_file(trained_run / "hf" / "model.safetensors")
+    num_layers = json.loads((folder / "config.json").read_text())["num_hidden_layers"]
+    tensors[f"model.layers.{num_layers}.shared_head.head.weight"] += 1.0
+    save_file(tensors, folder / "model.safetensors")
+    with pytest.raises(ValueError, match="shared_head.head.weight differs"):
+        train_mtp.load_exported_model(folder)
