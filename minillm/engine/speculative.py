@@ -138,8 +138,9 @@ class SpeculativeDecoder:
             self.stats.accepted_tokens += accepted
             self.stats.verify_forwards += 1
 
-            for cache in caches:
-                cache.truncate(n + accepted + 1)
+            if accepted < k:  # forget the rejected drafts' rows
+                for cache in caches:
+                    cache.truncate(n + accepted + 1)
             mtp_cache.truncate(n)  # chained drafts wrote positions n.. with draft hidden states
             yield from drafts[:accepted]
             yield token

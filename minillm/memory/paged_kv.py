@@ -251,6 +251,8 @@ class PagedKVCache:
     def truncate(self, length: int) -> None:
         """Forget positions from `length` on, in every layer; pages past the end are freed."""
         with self._lock:
+            if max(self.lengths) <= length:  # nothing to forget: keep the staged copies valid
+                return
             self.lengths = [min(n, length) for n in self.lengths]
             keep = -(-max(self.lengths) // self.P)
             while len(self.tier) > keep:
