@@ -25,23 +25,32 @@ from minillm.kvcalc import cli as kv_calc_cli
 log = logging.getLogger("minillm.cli")
 
 
-def _count(text: str) -> int:
-    """Parse an integer of 0 or more (0 often turns the option off)."""
+def _int_at_least(text: str, minimum: int) -> int:
+    """Parse an integer of `minimum` or more."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid integer {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: must be 0 or more")
+    if value < minimum:
+        raise argparse.ArgumentTypeError(f"invalid value {value}: must be {minimum} or more")
     return value
+
+
+def _count(text: str) -> int:
+    """Parse an integer of 0 or more (0 often turns the option off)."""
+    return _int_at_least(text, 0)
 
 
 def _positive_int(text: str) -> int:
     """Parse an integer of 1 or more."""
-    value = _count(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"invalid value {value}: must be 1 or more")
-    return value
+    return _int_at_least(text, 1)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line that points to --help, without the usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _float(text: str) -> float:
@@ -52,7 +61,7 @@ def _float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minillm", description="A miniature DeepSeek-style inference engine.")
+    parser = _Parser(prog="minillm", description="A miniature DeepSeek-style inference engine.")
     parser.add_argument("-v", "--verbose", action="store_true", help="log loading and timing details to stderr")
     commands = parser.add_subparsers(dest="command", required=True)
 

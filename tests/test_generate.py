@@ -117,6 +117,8 @@ def test_cli_generate_with_stats(tiny_model_dir):
     (["--top-p", "2"], "invalid top_p 2.0"),
     (["--temperature", "-1"], "invalid temperature -1.0"),
     (["--seed", "-1"], "invalid seed -1"),
+    (["--draft-vocab", "-3"], "invalid value -3: must be 1 or more"),
+    (["-n", "abc"], "invalid integer 'abc'"),
     (["--model", str(Path(__file__).parent.parent / "weights" / "minillm-tiny"), "--draft-vocab", "99999"],
      "invalid draft vocabulary 99999: use 1 to 4096 token ids"),
 ])
