@@ -33,13 +33,22 @@ HELD_OUT = [CORPUS / "pg00289_the_wind_in_the_willows.txt", CORPUS / "pg00778_fi
 CASES = [("none", 1, "short"), ("mtp", 1, "short"), ("mtp", 2, "short"), ("mtp", 3, "short"), ("mtp", 1, "full")]
 
 
-def passages(model, texts: list[str], count: int, length: int, seed: int) -> list[list[int]]:
+SKIP_TOKENS = 1000  # tokens skipped at both ends of a book: front and back matter
+
+
+def passages(model, texts: dict[Path, str], count: int, length: int, seed: int) -> list[list[int]]:
+    """Cut `count` prompts of `length` tokens from the texts, in turn, at random places."""
     rng = np.random.default_rng(seed)
-    ids = [model.tokenizer.encode(text, add_bos=False) for text in texts]
+    ids = []
+    for path, text in texts.items():
+        ids.append(model.tokenizer.encode(text, add_bos=False))
+        if len(ids[-1]) <= length + 2 * SKIP_TOKENS:
+            raise SystemExit(f"{path} is too short: {len(ids[-1])} tokens, and prompts of {length} tokens "
+                             f"need more than {length + 2 * SKIP_TOKENS}; pass a longer text")
     prompts = []
     for i in range(count):
         book = ids[i % len(ids)]
-        start = int(rng.integers(1000, len(book) - length - 1000))  # skip front and back matter
+        start = int(rng.integers(SKIP_TOKENS, len(book) - length - SKIP_TOKENS))
         prompts.append([model.tokenizer.bos_id] + book[start : start + length])
     return prompts
 
@@ -76,7 +85,9 @@ def report_step_costs(timer: StepTimer, largest_k: int) -> dict:
     """Print and return the step costs and, per k, the speedup if every draft were accepted."""
     costs = {f"{kind}_{rows}_rows": timer.cost(kind, rows) for kind in ("verify", "draft")
              for rows in range(1, largest_k + 2) if timer.cost(kind, rows) is not None}
-    print("step cost against a plain decode step (median):")
+    print("step cost against a plain decode step (median): a verification step of N rows checks N - 1 "
+          "drafts; a draft step of N rows runs the MTP module over the N positions verified since the "
+          "last draft")
     for kind in ("verify", "draft"):
         print(f"  {kind:6s} " + ", ".join(f"{rows} row{'s' if rows > 1 else ''} {timer.cost(kind, rows):.2f}x"
                                          for rows in range(1, largest_k + 2) if timer.cost(kind, rows) is not None))
@@ -87,25 +98,34 @@ def report_step_costs(timer: StepTimer, largest_k: int) -> dict:
         parts = [timer.cost("verify", k + 1), timer.cost("draft", k + 1), timer.cost("draft", 1)]
         if None not in parts:
             ceilings[k] = (k + 1) / (parts[0] + parts[1] + (k - 1) * parts[2])
-            print(f"mtp k={k}: with every draft accepted, at most {ceilings[k]:.2f}x")
+            print(f"mtp k={k}: with every draft accepted, at most {ceilings[k]:.2f}x "
+                  f"(k + 1 tokens per verification of k + 1 rows, a draft step of k + 1 rows and k - 1 of 1 row)")
     return {"step_costs": costs, "ceilings": ceilings}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, default=minillm.DEFAULT_MODEL_DIR)
-    parser.add_argument("--text", type=Path, nargs="+", default=HELD_OUT)
-    parser.add_argument("--prompts", type=int, default=8)
-    parser.add_argument("--prompt-tokens", type=int, default=64)
-    parser.add_argument("-n", "--new-tokens", type=int, default=128)
-    parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--model", type=Path, default=minillm.DEFAULT_MODEL_DIR,
+                        help="checkpoint directory with an MTP module (default: the model in weights/)")
+    parser.add_argument("--text", type=Path, nargs="+", default=HELD_OUT,
+                        help="UTF-8 texts to cut the prompts from (default: the two held-out training books, "
+                             "which lie outside this repository)")
+    parser.add_argument("--prompts", type=int, default=8, help="prompts to decode (default 8)")
+    parser.add_argument("--prompt-tokens", type=int, default=64, help="tokens per prompt (default 64)")
+    parser.add_argument("-n", "--new-tokens", type=int, default=128, help="greedy tokens per case (default 128)")
+    parser.add_argument("--json", type=Path, default=None, help="also write every figure to this JSON file")
     args = parser.parse_args()
+    missing = [str(path) for path in args.text if not path.is_file()]
+    if missing:
+        raise SystemExit(f"text not found: {', '.join(missing)}; pass UTF-8 files with --text FILE ...")
 
     model = minillm.load(args.model, prefix_cache=False)
     models = {"short": model,
               "full": minillm.load(args.model, prefix_cache=False, draft_vocab=model.config.vocab_size)}
-    prompts = passages(model, [p.read_text(encoding="utf-8") for p in args.text], args.prompts,
+    prompts = passages(model, {path: path.read_text(encoding="utf-8") for path in args.text}, args.prompts,
                        args.prompt_tokens, seed=0)
+    print(f"{args.model}: {args.prompts} prompts of {args.prompt_tokens} tokens, {args.new_tokens} greedy "
+          f"tokens per case, on {platform.processor() or platform.machine()}", flush=True)
     for each in models.values():
         list(each.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
     timer = StepTimer(model.forward)
