@@ -13,9 +13,11 @@ token it just drafted (the chaining vLLM uses for DeepSeek MTP).
 Drafting scores only the lowest `draft_vocab` token ids (a quarter of the vocabulary by default),
 the idea of FR-Spec (Zhao et al. 2025): a draft head restricted to frequent tokens. Byte-level
 BPE numbers its tokens in merge order, and the earliest merges are the most frequent pairs, so
-the lowest ids stand in for a frequency list. The head then reads a quarter of its weights, and
-on the default model acceptance stays as with the full head (tools/bench_speculative.py runs
-both). Output is unchanged: every draft is verified.
+the lowest ids stand in for a frequency list. The head then reads a quarter of its weights.
+Acceptance drops a little, because some drafts the full head gets right lie past the cut, but the
+cheaper draft more than makes up for it: on the default model, 0.61 against 0.66 greedy
+acceptance and 0.98x against 0.88x the plain speed (tools/bench_speculative.py runs both).
+Output is unchanged: every draft is verified.
 NOTE: the id order of other tokenizers, such as DeepSeek-V3's, has not been checked; a draft
 vocabulary of the whole vocabulary (`draft_vocab=V`) gives the drafts of the full head.
 Shape legend: T tokens, D model width, V vocabulary.
