@@ -242,14 +242,20 @@ def run(args: argparse.Namespace) -> dict:
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
+def setup_run_logging(out: Path) -> logging.Handler:
+    """Log to stderr and to out/train.txt, a copy of the log in the run folder also when stderr is
+    not redirected. Returns the file handler, for the caller to remove when the run ends."""
+    out.mkdir(parents=True, exist_ok=True)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    # A copy of the log in the run folder, also when stderr is not redirected.
-    file_handler = logging.FileHandler(args.out / "train.txt")
+    file_handler = logging.FileHandler(out / "train.txt")
     file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     logging.getLogger().addHandler(file_handler)
+    return file_handler
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    file_handler = setup_run_logging(args.out)
     try:
         run(args)
     finally:

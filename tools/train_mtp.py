@@ -55,6 +55,7 @@ if __package__ in (None, ""):
 from tools.corpus import read_books, split_books  # noqa: E402
 from tools.export import TOKENIZER_FILES, export_model, hf_state_dict  # noqa: E402
 from tools.torch_model import DeepseekV3LM, ModelConfig  # noqa: E402
+from tools.train import setup_run_logging  # noqa: E402
 from tools.train_data import load_or_build_streams, make_batch, validation_starts  # noqa: E402
 
 logger = logging.getLogger("train_mtp")
@@ -285,11 +286,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    args.out.mkdir(parents=True, exist_ok=True)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    file_handler = logging.FileHandler(args.out / "train.txt")
-    file_handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-    logging.getLogger().addHandler(file_handler)
+    file_handler = setup_run_logging(args.out)
     try:
         metrics = train(args)
     finally:
