@@ -126,8 +126,8 @@ def main() -> None:
                        args.prompt_tokens, seed=0)
     print(f"{args.model}: {args.prompts} prompts of {args.prompt_tokens} tokens, {args.new_tokens} greedy "
           f"tokens per case, on {platform.processor() or platform.machine()}", flush=True)
-    for each in models.values():
-        list(each.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
+    for loaded in models.values():
+        list(loaded.generate_ids(prompts[0], max_new_tokens=8, temperature=0))  # warm up caches and experts
     timer = StepTimer(model.forward)
     totals = {case: {"tokens": 0, "seconds": 0.0, "drafts": 0, "accepted": 0, "forwards": 0} for case in CASES}
     for prompt in prompts:
@@ -157,7 +157,9 @@ def main() -> None:
                      "decode_tokens_per_second": speed, "speedup": speed / base,
                      "acceptance_rate": t["accepted"] / t["drafts"] if t["drafts"] else None,
                      "tokens_per_forward": t["tokens"] / t["forwards"]})
-        label = "none" if case[0] == "none" else f"mtp k={case[1]}" + (", full head" if case[2] == "full" else "")
+        label = "none"
+        if case[0] == "mtp":
+            label = f"mtp k={case[1]}, full head" if case[2] == "full" else f"mtp k={case[1]}"
         acceptance = f"{rows[-1]['acceptance_rate']:.3f}" if t["drafts"] else "-"
         print(f"{label:20s} {speed:8.1f} tokens/s  {speed / base:5.2f}x  acceptance {acceptance}  "
               f"tokens/forward {rows[-1]['tokens_per_forward']:.2f}", flush=True)

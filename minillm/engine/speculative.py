@@ -63,7 +63,7 @@ class SpeculativeDecoder:
 
     def _extend(self, hidden: np.ndarray, next_ids: np.ndarray, positions: np.ndarray,
                 cache: LatentCache) -> tuple[np.ndarray, np.ndarray]:
-        """Run the MTP module over new positions, filling its cache; return its last call's output."""
+        """Run the MTP module over new positions to fill its cache, and return its last call's output."""
         # a long prompt goes through in chunks on the naive path, as the main model's prefill does
         chunk = PREFILL_CHUNK_TOKENS
         tail = (positions.size - 1) // chunk * chunk  # start of the last chunk

@@ -118,7 +118,8 @@ def matmul_into(x, w, out):  # pragma: no cover - compiled
     Weight rows go four at a time, so that four independent sums hide each other's latency, and
     input rows two at a time, so that verifying a draft reads each weight once for two rows. For a
     4096 x 256 BF16 matrix, 2 rows cost 1.3x one row this way, against 1.8x when each row read
-    the weights by itself (tools/bench_speculative.py shows what that does to MTP).
+    the weights by itself (timed on one core of a 2-core Intel Xeon). tools/bench_speculative.py
+    shows what that does to MTP.
 
     A row's result does not depend on the rows beside it, bit for bit: a pair's sums run in the
     same order as a single row's, because the loop vectoriser splits every sum into the same
